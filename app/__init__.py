@@ -1,0 +1,29 @@
+"""The GPU provider registry: a Flask service over Redis."""
+from __future__ import annotations
+
+from flask import Flask
+
+from .config import Settings, load_settings
+from .errors import register_error_handlers
+from .logs import install_request_logging
+from .registry import EXTENSION, Registry
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app: settings from the file and environment unless given, then blueprints.
+
+    Importing the package has no side effects; this connects to Redis lazily.
+    """
+    from .api import register_blueprints
+
+    settings = settings or load_settings()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = Registry.from_settings(settings)
+    register_error_handlers(app)
+    install_request_logging(app)
+    register_blueprints(app)
+    return app

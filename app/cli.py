@@ -1,0 +1,74 @@
+"""The `provider-registry` command: serve, background jobs, and operator tasks."""
+from __future__ import annotations
+
+import argparse
+import atexit
+import sys
+from pathlib import Path
+
+from .config import ConfigError, Settings, load_settings
+
+
+def settings_or_exit() -> Settings:
+    """Load the settings, or print one line and exit with status 2."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        print(f"provider-registry: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gunicorn.app.wsgiapp import run
+
+    from .local_redis import ensure_redis
+    from .logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    if args.local_redis:
+        process = ensure_redis(settings.redis_url, Path("var/redis"))
+        if process is not None:
+            atexit.register(process.terminate)
+    sys.argv = ["gunicorn", "--config", "python:app.gunicorn_conf", "app.wsgi:app"]
+    run()
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from .jobs.runner import JobRunner
+    from .logs import configure_logging
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    JobRunner(settings, parent_pid=args.parent_pid).run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="provider-registry",
+        description="GPU provider registry. Configuration: configs/config.yaml "
+        "(or $REGISTRY_CONFIG) and REGISTRY_<KEY> variables.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve the API under gunicorn")
+    serve.add_argument(
+        "--local-redis",
+        action="store_true",
+        help="start a local redis-server when none answers at redis_url",
+    )
+    serve.set_defaults(func=_serve)
+    jobs = commands.add_parser("jobs", help="run the background jobs (the gunicorn master starts this)")
+    jobs.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    jobs.set_defaults(func=_jobs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Settings: defaults, then the YAML file, then `REGISTRY_<KEY>` variables, then overrides.
+
+Every setting is declared once, in `Settings`; the loader derives the YAML defaults, the
+environment variable names and the type checks from that declaration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+ENV_PREFIX = "REGISTRY_"
+DEFAULT_CONFIG_PATH = "configs/config.yaml"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(Exception):
+    """A setting has a value the registry cannot run with."""
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The registry's configuration; field metadata documents each key."""
+
+    port: int = field(default=8080, metadata=_doc("HTTP port gunicorn binds"))
+    bind_host: str = field(default="0.0.0.0", metadata=_doc("address gunicorn binds"))
+    workers: int = field(default=2, metadata=_doc("gunicorn worker processes"))
+    threads: int = field(default=8, metadata=_doc("threads per gunicorn worker (gthread)"))
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning, error"))
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc("the live store"))
+    redis_timeout_s: float = field(
+        default=1.0, metadata=_doc("socket timeout for Redis calls; keeps /health fast")
+    )
+    key_prefix: str = field(default="registry:", metadata=_doc("prefix of every Redis key"))
+    heartbeat_ttl_s: float = field(default=30.0, metadata=_doc("lease length"))
+    heartbeat_interval_s: float = field(
+        default=10.0, metadata=_doc("heartbeat rhythm advertised to daemons")
+    )
+    sweep_interval_s: float = field(
+        default=0.5, metadata=_doc("how often the sweeper turns lapsed leases offline")
+    )
+    consul_address: str = field(default="127.0.0.1:8500", metadata=_doc("Consul agent host:port"))
+    service_name: str = field(default="provider-registry", metadata=_doc("name in Consul"))
+    service_id_prefix: str = field(
+        default="provider-registry-", metadata=_doc("Consul service ID prefix")
+    )
+    database_url: str = field(default="", metadata=_doc("PostgreSQL URL for snapshots"))
+
+    def public_dict(self) -> dict[str, Any]:
+        """Return the settings with passwords in URLs masked, for logs."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, str) and key.endswith("_url"):
+                out[key] = mask_url(value)
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Replace the password of a URL with `***`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# Annotations are strings under `from __future__ import annotations`.
+_KINDS = {"bool": bool, "int": int, "float": float, "str": str, "list[str]": list}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _KINDS[_FIELDS[name].type]
+    where = f"{name} (from {source})"
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        try:
+            return int(str(value).strip()) if isinstance(value, str) else _exact_int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
+    if kind is list:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return value
+        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    if value is None:
+        return ""
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return str(value)
+
+
+def _exact_int(value: Any) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+def _check(settings: Settings) -> None:
+    def bad(message: str) -> ConfigError:
+        return ConfigError(message)
+
+    if not 1 <= settings.port <= 65535:
+        raise bad(f"port must be between 1 and 65535, got {settings.port}")
+    if settings.workers < 1:
+        raise bad(f"workers must be at least 1, got {settings.workers}")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise bad(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
+    if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise bad(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
+    if not settings.key_prefix or any(c.isspace() for c in settings.key_prefix):
+        raise bad(f"key_prefix must be non-empty and without spaces, got {settings.key_prefix!r}")
+    if settings.heartbeat_ttl_s <= 0:
+        raise bad(f"heartbeat_ttl_s must be positive, got {settings.heartbeat_ttl_s}")
+    if not 0 < settings.heartbeat_interval_s < settings.heartbeat_ttl_s:
+        raise bad(
+            "heartbeat_interval_s must be positive and shorter than heartbeat_ttl_s "
+            f"(got {settings.heartbeat_interval_s} and {settings.heartbeat_ttl_s})"
+        )
+    if settings.sweep_interval_s <= 0:
+        raise bad(f"sweep_interval_s must be positive, got {settings.sweep_interval_s}")
+    if settings.redis_timeout_s <= 0:
+        raise bad(f"redis_timeout_s must be positive, got {settings.redis_timeout_s}")
+    if settings.threads < 1:
+        raise bad(f"threads must be at least 1, got {settings.threads}")
+
+
+def default_yaml() -> str:
+    """Return the YAML text of the default configuration, one commented key a line."""
+    lines = ["# provider-registry configuration; every key can be overridden by REGISTRY_<KEY>."]
+    for f in dataclasses.fields(Settings):
+        lines.append(f"# {f.metadata['doc']}")
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        lines.append(yaml.safe_dump({f.name: default}, default_flow_style=False).strip())
+    return "\n".join(lines) + "\n"
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path:
+    """Return the path of the YAML file: `REGISTRY_CONFIG` or `configs/config.yaml`."""
+    env = os.environ if env is None else env
+    return Path(env.get(f"{ENV_PREFIX}CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load the settings in layers; write the default file when it is missing.
+
+    Raises:
+        ConfigError: a file that cannot be read or parsed, an unknown key, or a bad value.
+    """
+    env = os.environ if env is None else env
+    path = Path(path) if path is not None else config_path(env)
+    values: dict[str, Any] = {}
+
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(default_yaml())
+        except OSError as exc:
+            raise ConfigError(f"cannot write default config {path}: {exc.strerror}") from None
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    for key, value in loaded.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown key {key!r} in {path}")
+        values[key] = _coerce(key, value, str(path))
+
+    for name in _FIELDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env:
+            values[name] = _coerce(name, env[env_name], env_name)
+
+    for key, value in (overrides or {}).items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value, "overrides")
+
+    settings = Settings(**values)
+    _check(settings)
+    return settings

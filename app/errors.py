@@ -1,0 +1,104 @@
+"""Domain exceptions, and the one place that turns any error into a JSON response."""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """Base of every error the API reports; carries its HTTP status and machine code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+class ValidationFailed(RegistryError):
+    status = 400
+    code = "validation_error"
+
+
+class MalformedJSON(RegistryError):
+    status = 400
+    code = "malformed_json"
+
+
+class UnsupportedMediaType(RegistryError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ProviderNotFound(RegistryError):
+    status = 404
+    code = "provider_not_found"
+
+    def __init__(self, provider_id: str) -> None:
+        super().__init__(f"provider {provider_id} is not registered")
+        self.provider_id = provider_id
+
+
+class StoreUnavailable(RegistryError):
+    """Redis cannot be reached; the client should retry shortly."""
+
+    status = 503
+    code = "store_unavailable"
+    retry_after_s = 1
+
+    def __init__(self, message: str = "the registry's store is unavailable") -> None:
+        super().__init__(message, headers={"Retry-After": str(self.retry_after_s)})
+
+
+def error_response(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> tuple[Any, int]:
+    """Build the JSON error body every failure uses."""
+    body: dict[str, Any] = {"error": message, "code": code}
+    if details:
+        body["details"] = details
+    return jsonify(body), status
+
+
+def _http_code(exc: HTTPException) -> str:
+    return (exc.name or "error").lower().replace(" ", "_").replace("'", "")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Map every exception to a JSON body; never an HTML page, never a bare 500."""
+
+    @app.errorhandler(RegistryError)
+    def _registry_error(exc: RegistryError):  # type: ignore[no-untyped-def]
+        response, status = error_response(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers)
+        return response, status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
+        response, status = error_response(status, _http_code(exc), message)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        return response, status
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error", extra={"error": repr(exc)})
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,1 @@
+"""Background jobs: one process per instance, started by the gunicorn master (see runner)."""

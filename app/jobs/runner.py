@@ -1,0 +1,56 @@
+"""The jobs process: runs the background jobs of one instance until told to stop.
+
+The gunicorn master starts it once (not once per worker) and stops it on shutdown; it also
+exits by itself when the master disappears.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Protocol
+
+from ..config import Settings
+from ..registry import Registry
+from .sweeper import Sweeper
+
+log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+class JobRunner:
+    """Run jobs in threads; stop them all on SIGTERM/SIGINT or when the parent dies."""
+
+    def __init__(self, settings: Settings, parent_pid: int | None = None) -> None:
+        self.settings = settings
+        self.parent_pid = parent_pid
+        self.registry = Registry.from_settings(settings)
+        self.jobs: list[Job] = [Sweeper(self.registry.store, settings.sweep_interval_s)]
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Start the jobs and block until stopped."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        threads = [threading.Thread(target=job.run, name=type(job).__name__, daemon=True) for job in self.jobs]
+        for thread in threads:
+            thread.start()
+        log.info("background jobs started", extra={"jobs": [t.name for t in threads]})
+        while not self._stop.wait(1.0):
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                log.warning("parent process gone; stopping background jobs")
+                break
+        for job in self.jobs:
+            job.stop()
+        for thread in threads:
+            thread.join(timeout=10)
+        self.registry.close()
+        log.info("background jobs stopped")

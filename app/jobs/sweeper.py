@@ -1,0 +1,62 @@
+"""The lease sweeper: turns lapsed leases into offline transitions and logs each one.
+
+Reads never depend on it (the read path checks deadlines itself); it keeps the status sets
+true for operators and keeps the query's lapse correction small.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import StoreUnavailable
+from ..models import Transition
+from ..store import ProviderStore
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    """Sweep every `interval_s` seconds until stopped."""
+
+    def __init__(self, store: ProviderStore, interval_s: float, batch: int = 1000) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.batch = batch
+        self._stop = threading.Event()
+        self._outage = False
+
+    def sweep_once(self) -> list[Transition]:
+        """Sweep until no lapsed lease is left; return the transitions made."""
+        transitions: list[Transition] = []
+        while True:
+            batch = self.store.sweep(self.batch)
+            for t in batch:
+                log.info(
+                    "provider offline: lease lapsed",
+                    extra={
+                        "provider_id": t.provider_id,
+                        "previous_status": t.previous_status,
+                        "lease_expired_at_ms": t.deadline_ms,
+                    },
+                )
+            transitions += batch
+            if len(batch) < self.batch:
+                return transitions
+
+    def run(self) -> None:
+        """Loop until `stop()`; a Redis outage is logged once and retried."""
+        while not self._stop.is_set():
+            try:
+                self.sweep_once()
+                if self._outage:
+                    log.info("sweeper: store reachable again")
+                self._outage = False
+            except StoreUnavailable:
+                if not self._outage:
+                    log.warning("sweeper: store unavailable, retrying")
+                self._outage = True
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current sweep."""
+        self._stop.set()

@@ -1,0 +1,112 @@
+"""Plain records the store returns and the API serialises."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+DETAIL_FIELDS = ("owner_id", "name", "hostname", "ip_address", "location")
+
+
+def rfc3339(ms: int | None) -> str | None:
+    """Format epoch milliseconds as RFC 3339 UTC with millisecond precision."""
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A provider as stored, with its lease deadline; `status` is the stored status."""
+
+    id: str
+    owner_id: str
+    name: str
+    status: str
+    gpus: list[dict[str, Any]]
+    metadata: dict[str, Any]
+    registered_at_ms: int
+    last_seen_at_ms: int | None
+    lease_expires_at_ms: int | None
+    hostname: str | None = None
+    ip_address: str | None = None
+    location: str | None = None
+
+    @classmethod
+    def from_hash(cls, fields: dict[str, str]) -> "Provider":
+        """Build a provider from the fields of its Redis hash."""
+        return cls(
+            id=fields["id"],
+            owner_id=fields["owner_id"],
+            name=fields["name"],
+            status=fields["status"],
+            gpus=json.loads(fields["gpus"]),
+            metadata=json.loads(fields.get("metadata") or "{}"),
+            registered_at_ms=int(fields["registered_at"]),
+            last_seen_at_ms=_int(fields.get("last_seen_at")),
+            lease_expires_at_ms=_int(fields.get("lease_expires_at")),
+            hostname=fields.get("hostname"),
+            ip_address=fields.get("ip_address"),
+            location=fields.get("location"),
+        )
+
+    def effective_status(self, now_ms: int) -> str:
+        """Return `offline` from the lease deadline on, whatever the stored status says."""
+        if self.lease_expires_at_ms is None or self.lease_expires_at_ms <= now_ms:
+            return "offline"
+        return self.status
+
+    def to_json(self, now_ms: int) -> dict[str, Any]:
+        """Return the provider as the API shows it, with its status as of `now_ms`."""
+        return {
+            "id": self.id,
+            "owner_id": self.owner_id,
+            "name": self.name,
+            "hostname": self.hostname,
+            "ip_address": self.ip_address,
+            "location": self.location,
+            "status": self.effective_status(now_ms),
+            "gpus": self.gpus,
+            "metadata": self.metadata,
+            "registered_at": rfc3339(self.registered_at_ms),
+            "last_seen_at": rfc3339(self.last_seen_at_ms),
+            "lease_expires_at": rfc3339(self.lease_expires_at_ms),
+        }
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a query: the providers, the total that matched, and the next cursor."""
+
+    providers: list[Provider]
+    total: int
+    next_cursor: str | None
+    now_ms: int
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A provider whose lapsed lease the sweeper turned offline."""
+
+    provider_id: str
+    previous_status: str
+    deadline_ms: int
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a query asks of a provider; GPU filters apply to each GPU."""
+
+    gpu_model: str | None = None
+    min_vram: int | None = None
+    min_gpus: int = 1
+    architecture: str | None = None
+    healthy_only: bool = False
+    statuses: tuple[str, ...] = field(default_factory=tuple)
+    location: str | None = None

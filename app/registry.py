@@ -1,0 +1,69 @@
+"""The registry's per-app objects: settings, Redis client and store, reachable from a request."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+
+import redis
+from flask import current_app
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from .config import Settings
+from .store import Keys, ProviderStore
+
+EXTENSION = "provider_registry"
+
+
+def package_version() -> str:
+    """Return the installed version of the package."""
+    try:
+        return metadata.version("provider-registry")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """Build a Redis client that fails fast, so that an outage is a quick 503, not a hang."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        # One immediate retry replaces a pooled connection that died with a restarted Redis.
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+@dataclass
+class Registry:
+    """Everything a request needs, built once per app."""
+
+    settings: Settings
+    redis: redis.Redis
+    store: ProviderStore
+    version: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Registry":
+        """Connect lazily to Redis and build the store."""
+        client = redis_client(settings)
+        store = ProviderStore(client, Keys(settings.key_prefix), settings.heartbeat_ttl_s)
+        return cls(settings=settings, redis=client, store=store, version=package_version())
+
+    def rhythm(self) -> dict[str, float]:
+        """Return the heartbeat rhythm daemons are told."""
+        return {
+            "heartbeat_interval_s": self.settings.heartbeat_interval_s,
+            "heartbeat_ttl_s": self.settings.heartbeat_ttl_s,
+        }
+
+    def close(self) -> None:
+        """Close the Redis connections."""
+        self.redis.close()
+
+
+def current_registry() -> Registry:
+    """Return the registry of the app handling the current request."""
+    return current_app.extensions[EXTENSION]

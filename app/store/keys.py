@@ -1,0 +1,63 @@
+"""Every Redis key the registry uses, built in one place (the README documents them).
+
+User-supplied names (GPU models, architectures, locations) enter keys only in their canonical
+form: case-folded, whitespace collapsed, then percent-encoded (`quote_plus`), so that a name with
+`:`, `*`, `{`, spaces or Unicode cannot reach outside its own index or collide with another.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote_plus
+
+STATUSES = ("idle", "busy", "maintenance", "error", "offline")
+LIVE_STATUSES = ("idle", "busy", "maintenance", "error")
+
+
+def canonical_name(name: str) -> str:
+    """Return the canonical, key-safe form of a model, architecture or location name."""
+    folded = " ".join(name.split()).casefold()
+    return quote_plus(folded, safe="")
+
+
+class Keys:
+    """Key builder for one key prefix (two registries can share one Redis)."""
+
+    def __init__(self, prefix: str = "registry:") -> None:
+        self.prefix = prefix
+        self.providers = f"{prefix}providers"
+        self.leases = f"{prefix}leases"
+        self.irregular = f"{prefix}irregular"
+        self.provider_prefix = f"{prefix}provider:"
+        self.lease_prefix = f"{prefix}lease:"
+        self.tmp_prefix = f"{prefix}tmp:"
+
+    def provider(self, provider_id: str) -> str:
+        """Hash of one provider's fields."""
+        return f"{self.provider_prefix}{provider_id}"
+
+    def lease(self, provider_id: str) -> str:
+        """Expiring key whose TTL shows the time left on a provider's lease."""
+        return f"{self.lease_prefix}{provider_id}"
+
+    def status(self, status: str) -> str:
+        """Set (sorted set, all scores 0) of providers whose stored status is `status`."""
+        return f"{self.prefix}status:{status}"
+
+    def gpu_model(self, model: str, count: int) -> str:
+        """Providers with at least `count` GPUs of `model`, scored by the count-th largest VRAM."""
+        return f"{self.prefix}gpu:{canonical_name(model)}:{count}"
+
+    def gpu_any(self, count: int) -> str:
+        """Providers with at least `count` GPUs of any model, scored by the count-th largest VRAM."""
+        return f"{self.prefix}gpus:{count}"
+
+    def architecture(self, architecture: str) -> str:
+        """Providers with at least one GPU of `architecture`."""
+        return f"{self.prefix}arch:{canonical_name(architecture)}"
+
+    def location(self, location: str) -> str:
+        """Providers at `location`."""
+        return f"{self.prefix}location:{canonical_name(location)}"
+
+    def tmp(self, name: str) -> str:
+        """Scratch key that a script creates and deletes within one call."""
+        return f"{self.tmp_prefix}{name}"

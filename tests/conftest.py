@@ -1,0 +1,132 @@
+"""Fixtures: a private Redis, an app built by the factory, and provider helpers."""
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from typing import Any, Iterator
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.config import Settings
+from app.registry import EXTENSION, Registry
+
+from .redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the private server, emptied before each test (restarted if a test killed it)."""
+    if redis_server.process is None:
+        redis_server.start()
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return Settings(redis_url=redis_server.url, heartbeat_ttl_s=30, heartbeat_interval_s=10)
+
+
+@pytest.fixture
+def app(settings: Settings, redis_db: redis.Redis) -> Iterator[Flask]:
+    app = create_app(settings)
+    app.config["TESTING"] = True
+    yield app
+    app.extensions[EXTENSION].close()
+
+
+@pytest.fixture
+def registry(app: Flask) -> Registry:
+    return app.extensions[EXTENSION]
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def gpu(model: str = "NVIDIA A100", vram_mb: int = 81920, **fields: Any) -> dict[str, Any]:
+    """A GPU body with the required fields."""
+    return {"model_name": model, "vram_mb": vram_mb, "driver_version": "550.54", **fields}
+
+
+def provider_body(**fields: Any) -> dict[str, Any]:
+    """A valid registration body; keyword arguments replace fields."""
+    body = {
+        "owner_id": "owner-1",
+        "name": "rig-1",
+        "hostname": "rig-1.example.net",
+        "ip_address": "10.0.0.5",
+        "location": "eu-west",
+        "gpus": [gpu(architecture="ampere")],
+        "metadata": {"rack": "r12"},
+    }
+    body.update(fields)
+    return copy.deepcopy(body)
+
+
+class Providers:
+    """Actions a provider daemon takes, for tests (like flaskr's AuthActions)."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def register(self, **fields: Any) -> dict[str, Any]:
+        response = self.client.post("/providers", json=provider_body(**fields))
+        assert response.status_code in (200, 201), response.get_json()
+        return response.get_json()
+
+    def heartbeat(self, provider_id: str, **body: Any) -> dict[str, Any]:
+        response = self.client.put(f"/providers/{provider_id}/status", json=body)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def get(self, provider_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/providers/{provider_id}")
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def ids(self, query: str = "") -> list[str]:
+        """IDs of every provider a query matches, following the pages."""
+        url, ids = f"/providers?{query}", []
+        while url:
+            response = self.client.get(url)
+            assert response.status_code == 200, response.get_json()
+            ids += [p["id"] for p in response.get_json()]
+            link = response.headers.get("Link")
+            url = link[1 : link.index(">")] if link else ""
+        return ids
+
+
+@pytest.fixture
+def providers(client: FlaskClient) -> Providers:
+    return Providers(client)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
