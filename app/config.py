@@ -34,7 +34,10 @@ class Settings:
     port: int = field(default=8080, metadata=_doc("HTTP port gunicorn binds"))
     bind_host: str = field(default="0.0.0.0", metadata=_doc("address gunicorn binds"))
     workers: int = field(default=2, metadata=_doc("gunicorn worker processes"))
-    threads: int = field(default=8, metadata=_doc("threads per gunicorn worker (gthread)"))
+    worker_class: str = field(
+        default="gevent", metadata=_doc("gunicorn worker class: gevent (long polls wait cheaply) or gthread")
+    )
+    threads: int = field(default=8, metadata=_doc("threads per worker with worker_class gthread"))
     log_level: str = field(default="info", metadata=_doc("debug, info, warning, error"))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc("the live store"))
     redis_timeout_s: float = field(
@@ -47,6 +50,9 @@ class Settings:
     )
     sweep_interval_s: float = field(
         default=0.5, metadata=_doc("how often the sweeper turns lapsed leases offline")
+    )
+    events_max_len: int = field(
+        default=100_000, metadata=_doc("events kept in the change feed (approximately)")
     )
     consul_address: str = field(default="127.0.0.1:8500", metadata=_doc("Consul agent host:port"))
     service_name: str = field(default="provider-registry", metadata=_doc("name in Consul"))
@@ -151,6 +157,10 @@ def _check(settings: Settings) -> None:
         raise bad(f"sweep_interval_s must be positive, got {settings.sweep_interval_s}")
     if settings.redis_timeout_s <= 0:
         raise bad(f"redis_timeout_s must be positive, got {settings.redis_timeout_s}")
+    if settings.worker_class not in ("gevent", "gthread", "sync"):
+        raise bad(f"worker_class must be gevent, gthread or sync, got {settings.worker_class!r}")
+    if settings.events_max_len < 1:
+        raise bad(f"events_max_len must be at least 1, got {settings.events_max_len}")
     if settings.threads < 1:
         raise bad(f"threads must be at least 1, got {settings.threads}")
 

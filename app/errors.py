@@ -53,6 +53,34 @@ class ProviderNotFound(RegistryError):
         self.provider_id = provider_id
 
 
+class VersionMismatch(RegistryError):
+    """`If-Match` named a version the provider no longer has; nothing changed."""
+
+    status = 412
+    code = "version_mismatch"
+
+    def __init__(self, current_version: int) -> None:
+        super().__init__(
+            f"the provider's version is {current_version}, not the one If-Match names",
+            details={"version": current_version},
+            headers={"ETag": f'"{current_version}"'},
+        )
+
+
+class ClaimMismatch(RegistryError):
+    """The claim ID is not the provider's current claim."""
+
+    status = 409
+    code = "claim_mismatch"
+
+
+class NoCapacity(RegistryError):
+    """Fewer free providers match than the claim asks for; nothing was claimed."""
+
+    status = 409
+    code = "no_capacity"
+
+
 class StoreUnavailable(RegistryError):
     """Redis cannot be reached; the client should retry shortly."""
 

@@ -15,8 +15,11 @@ _settings = settings_or_exit()
 
 bind = [f"{_settings.bind_host}:{_settings.port}"]
 workers = _settings.workers
-worker_class = "gthread"
+# gevent: a long poll of the event feed waits without holding a thread, so heartbeats never
+# queue behind waiting schedulers. gthread serves a long poll per thread.
+worker_class = _settings.worker_class
 threads = _settings.threads
+worker_connections = 1000
 # Access lines come from the app, as JSON with the request ID.
 accesslog = None
 loglevel = _settings.log_level

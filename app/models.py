@@ -37,6 +37,11 @@ class Provider:
     hostname: str | None = None
     ip_address: str | None = None
     location: str | None = None
+    version: int = 0
+    claim_id: str | None = None
+    claimant: str | None = None
+    claim_expires_at_ms: int | None = None
+    claim_confirmed: bool = False
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Provider":
@@ -54,13 +59,35 @@ class Provider:
             hostname=fields.get("hostname"),
             ip_address=fields.get("ip_address"),
             location=fields.get("location"),
+            version=int(fields.get("version") or 0),
+            claim_id=fields.get("claim_id"),
+            claimant=fields.get("claimant"),
+            claim_expires_at_ms=_int(fields.get("claim_expires_at")),
+            claim_confirmed=fields.get("claim_confirmed") == "1",
         )
 
+    def lease_live(self, now_ms: int) -> bool:
+        """Return whether the lease still runs at `now_ms`."""
+        return self.status != "offline" and (self.lease_expires_at_ms or 0) > now_ms
+
+    def claim_live(self, now_ms: int) -> bool:
+        """Return whether a claim holds at `now_ms` (confirmed, or before its deadline)."""
+        if self.claim_id is None or not self.lease_live(now_ms):
+            return False
+        return self.claim_confirmed or (self.claim_expires_at_ms or 0) > now_ms
+
     def effective_status(self, now_ms: int) -> str:
-        """Return `offline` from the lease deadline on, whatever the stored status says."""
-        if self.lease_expires_at_ms is None or self.lease_expires_at_ms <= now_ms:
+        """Return the status as of `now_ms`: deadlines count from the instant they pass."""
+        if not self.lease_live(now_ms):
             return "offline"
+        if self.claim_id is not None and not self.claim_live(now_ms):
+            return "idle"  # an unconfirmed claim lapsed
         return self.status
+
+    @property
+    def etag(self) -> str:
+        """Return the version as a strong entity tag."""
+        return f'"{self.version}"'
 
     def to_json(self, now_ms: int) -> dict[str, Any]:
         """Return the provider as the API shows it, with its status as of `now_ms`."""
@@ -77,6 +104,18 @@ class Provider:
             "registered_at": rfc3339(self.registered_at_ms),
             "last_seen_at": rfc3339(self.last_seen_at_ms),
             "lease_expires_at": rfc3339(self.lease_expires_at_ms),
+            "version": self.version,
+            "claim": self._claim_json(now_ms),
+        }
+
+    def _claim_json(self, now_ms: int) -> dict[str, Any] | None:
+        # The claim ID is the claimant's to tell; the registry shows who holds it and until when.
+        if not self.claim_live(now_ms):
+            return None
+        return {
+            "claimant": self.claimant,
+            "confirmed": self.claim_confirmed,
+            "expires_at": None if self.claim_confirmed else rfc3339(self.claim_expires_at_ms),
         }
 
 
@@ -86,17 +125,17 @@ class Page:
 
     providers: list[Provider]
     total: int
-    next_cursor: str | None
+    next_cursor: tuple[str, int | None] | None  # (last ID, its sort value)
     now_ms: int
 
 
 @dataclass(frozen=True)
 class Transition:
-    """A provider whose lapsed lease the sweeper turned offline."""
+    """A stored status the sweeper changed because a lease or claim lapsed."""
 
     provider_id: str
     previous_status: str
-    deadline_ms: int
+    status: str
 
 
 @dataclass(frozen=True)
@@ -110,3 +149,5 @@ class Filters:
     healthy_only: bool = False
     statuses: tuple[str, ...] = field(default_factory=tuple)
     location: str | None = None
+    sort: str = ""  # "", "vram", "gpus" or "last_seen"
+    descending: bool = False

@@ -10,7 +10,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .config import Settings
-from .store import Keys, ProviderStore
+from .store import CapacityStore, ClaimStore, EventFeed, Keys, ProviderStore
 
 EXTENSION = "provider_registry"
 
@@ -23,12 +23,16 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+# The longest long poll of the event feed, in seconds.
+MAX_WAIT_S = 30
+
+
+def redis_client(settings: Settings, socket_timeout: float | None = None) -> redis.Redis:
     """Build a Redis client that fails fast, so that an outage is a quick 503, not a hang."""
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
-        socket_timeout=settings.redis_timeout_s,
+        socket_timeout=socket_timeout or settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         # One immediate retry replaces a pooled connection that died with a restarted Redis.
         retry=Retry(NoBackoff(), 1),
@@ -42,15 +46,31 @@ class Registry:
 
     settings: Settings
     redis: redis.Redis
+    blocking_redis: redis.Redis
     store: ProviderStore
+    claims: ClaimStore
+    events: EventFeed
+    capacity: CapacityStore
     version: str
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Registry":
-        """Connect lazily to Redis and build the store."""
+        """Connect lazily to Redis and build the stores."""
+        keys = Keys(settings.key_prefix)
         client = redis_client(settings)
-        store = ProviderStore(client, Keys(settings.key_prefix), settings.heartbeat_ttl_s)
-        return cls(settings=settings, redis=client, store=store, version=package_version())
+        # Long polls block in XREAD: their connections need a timeout past the longest wait.
+        blocking = redis_client(settings, socket_timeout=MAX_WAIT_S + settings.redis_timeout_s + 5)
+        store = ProviderStore(client, keys, settings.heartbeat_ttl_s, settings.events_max_len)
+        return cls(
+            settings=settings,
+            redis=client,
+            blocking_redis=blocking,
+            store=store,
+            claims=ClaimStore(store),
+            events=EventFeed(client, blocking, keys),
+            capacity=CapacityStore(store),
+            version=package_version(),
+        )
 
     def rhythm(self) -> dict[str, float]:
         """Return the heartbeat rhythm daemons are told."""
@@ -62,6 +82,7 @@ class Registry:
     def close(self) -> None:
         """Close the Redis connections."""
         self.redis.close()
+        self.blocking_redis.close()
 
 
 def current_registry() -> Registry:

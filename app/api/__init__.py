@@ -1,11 +1,15 @@
 """HTTP blueprints; thin handlers over the store."""
 from flask import Flask
 
-from . import health, providers
+from . import claims, events, health, providers, summary
+
+# Served at the root and again under /api/v1 (the Go daemon posts to /api/v1/...).
+_PROVIDER_BLUEPRINTS = (providers.bp, claims.bp, events.bp, summary.bp)
 
 
 def register_blueprints(app: Flask) -> None:
     """Serve the routes at the root, and the provider routes again under /api/v1."""
     app.register_blueprint(health.bp)
-    app.register_blueprint(providers.bp)
-    app.register_blueprint(providers.bp, url_prefix="/api/v1", name="providers_v1")
+    for bp in _PROVIDER_BLUEPRINTS:
+        app.register_blueprint(bp)
+        app.register_blueprint(bp, url_prefix="/api/v1", name=f"{bp.name}_v1")

@@ -6,9 +6,10 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from ..models import Filters
 from ..registry import current_registry
 from ..schemas import HeartbeatSchema, ListQuerySchema, ProviderDetailsSchema, RegisterSchema
+from .conditional import if_match_versions
+from .filters import decode_cursor, encode_cursor, filters_from
 from .parsing import json_body, query_args
 
 bp = Blueprint("providers", __name__)
@@ -27,61 +28,54 @@ def register_provider() -> tuple[Response, int, dict[str, str]]:
     status = data.pop("status", None) or "idle"
     provider, created, now = registry.store.register(provider_id, data, status)
     body = provider.to_json(now) | registry.rhythm()
-    return jsonify(body), (201 if created else 200), {"Location": _location(provider.id)}
+    headers = {"Location": _location(provider.id), "ETag": provider.etag}
+    return jsonify(body), (201 if created else 200), headers
 
 
 @bp.route("/providers/<uuid:provider_id>/status", methods=["PUT", "PATCH"])
 @bp.post("/providers/<uuid:provider_id>/heartbeat")
-def heartbeat(provider_id: uuid.UUID) -> Response:
+def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Renew the lease; optionally set the status and report live GPU metrics."""
     registry = current_registry()
     data = json_body(HeartbeatSchema(), optional=True)
-    provider, _, now = registry.store.heartbeat(
-        str(provider_id), data.get("status"), data.get("gpu_metrics")
+    provider, now = registry.store.heartbeat(
+        str(provider_id), data.get("status"), data.get("gpu_metrics"), if_match_versions()
     )
-    return jsonify(provider.to_json(now) | registry.rhythm())
+    return jsonify(provider.to_json(now) | registry.rhythm()), 200, {"ETag": provider.etag}
 
 
 @bp.put("/providers/<uuid:provider_id>")
-def update_provider(provider_id: uuid.UUID) -> Response:
+def update_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Replace a provider's details; status and lease are untouched."""
     data = json_body(ProviderDetailsSchema())
-    provider, now = current_registry().store.update(str(provider_id), data)
-    return jsonify(provider.to_json(now))
+    provider, now = current_registry().store.update(str(provider_id), data, if_match_versions())
+    return jsonify(provider.to_json(now)), 200, {"ETag": provider.etag}
 
 
 @bp.get("/providers/<uuid:provider_id>")
-def get_provider(provider_id: uuid.UUID) -> Response:
-    """Return a provider with its effective status and lease deadline."""
+def get_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
+    """Return a provider with its effective status, lease deadline and version (ETag)."""
     provider, now = current_registry().store.get(str(provider_id))
-    return jsonify(provider.to_json(now))
+    return jsonify(provider.to_json(now)), 200, {"ETag": provider.etag}
 
 
 @bp.delete("/providers/<uuid:provider_id>")
 def delete_provider(provider_id: uuid.UUID) -> tuple[str, int]:
     """Deregister a provider."""
-    current_registry().store.delete(str(provider_id))
+    current_registry().store.delete(str(provider_id), if_match_versions())
     return "", 204
 
 
 @bp.get("/providers")
 def list_providers() -> tuple[Response, int, dict[str, str]]:
-    """List providers that match the filters, in ID order, one page at a time."""
+    """List providers that match the filters, one page at a time, in a stable order."""
     args = query_args(ListQuerySchema(), repeatable=("status",))
-    filters = Filters(
-        gpu_model=args.get("gpu_model"),
-        min_vram=args.get("min_vram"),
-        min_gpus=args["min_gpus"],
-        architecture=args.get("architecture"),
-        healthy_only=args["healthy_only"],
-        statuses=tuple(dict.fromkeys(args["status"])),
-        location=args.get("location"),
-    )
-    cursor = str(args["cursor"]) if "cursor" in args else None
+    filters = filters_from(args, statuses=tuple(dict.fromkeys(args["status"])))
+    cursor = decode_cursor(args["cursor"], bool(filters.sort)) if "cursor" in args else None
     page = current_registry().store.query(filters, args["limit"], cursor)
     headers = {"X-Total-Count": str(page.total)}
     if page.next_cursor:
-        headers["Link"] = f'<{_page_url(page.next_cursor)}>; rel="next"'
+        headers["Link"] = f'<{_page_url(encode_cursor(page.next_cursor))}>; rel="next"'
     return jsonify([p.to_json(page.now_ms) for p in page.providers]), 200, headers
 
 

@@ -26,21 +26,22 @@ class Sweeper:
         self._outage = False
 
     def sweep_once(self) -> list[Transition]:
-        """Sweep until no lapsed lease is left; return the transitions made."""
+        """Sweep until no lapsed lease or claim is left; return the transitions made."""
         transitions: list[Transition] = []
         while True:
-            batch = self.store.sweep(self.batch)
+            batch, more = self.store.sweep(self.batch)
             for t in batch:
+                reason = "lease lapsed" if t.status == "offline" else "claim lapsed"
                 log.info(
-                    "provider offline: lease lapsed",
+                    f"provider {t.status}: {reason}",
                     extra={
                         "provider_id": t.provider_id,
                         "previous_status": t.previous_status,
-                        "lease_expired_at_ms": t.deadline_ms,
+                        "status": t.status,
                     },
                 )
             transitions += batch
-            if len(batch) < self.batch:
+            if not more:
                 return transitions
 
     def run(self) -> None:

@@ -84,6 +84,9 @@ class HeartbeatSchema(_Strict):
     )
 
 
+SORTS = ("id", "vram", "-vram", "gpus", "-gpus", "last_seen", "-last_seen")
+
+
 class ListQuerySchema(_Strict):
     """Query parameters of `GET /providers`."""
 
@@ -94,8 +97,9 @@ class ListQuerySchema(_Strict):
     healthy_only = fields.Boolean(load_default=False)
     status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
     location = Name()
+    sort = fields.String(load_default="id", validate=validate.OneOf(SORTS))
     limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
-    cursor = fields.UUID()
+    cursor = fields.String(validate=validate.Length(1, 64))
 
     @pre_load
     def _split_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -12,10 +12,14 @@ STATUSES = ("idle", "busy", "maintenance", "error", "offline")
 LIVE_STATUSES = ("idle", "busy", "maintenance", "error")
 
 
+def fold_name(name: str) -> str:
+    """Return a name case-folded with its whitespace collapsed: how names compare."""
+    return " ".join(name.split()).casefold()
+
+
 def canonical_name(name: str) -> str:
     """Return the canonical, key-safe form of a model, architecture or location name."""
-    folded = " ".join(name.split()).casefold()
-    return quote_plus(folded, safe="")
+    return quote_plus(fold_name(name), safe="")
 
 
 class Keys:
@@ -25,7 +29,10 @@ class Keys:
         self.prefix = prefix
         self.providers = f"{prefix}providers"
         self.leases = f"{prefix}leases"
+        self.claims = f"{prefix}claims"
         self.irregular = f"{prefix}irregular"
+        self.events = f"{prefix}events"
+        self.counts = f"{prefix}counts"
         self.provider_prefix = f"{prefix}provider:"
         self.lease_prefix = f"{prefix}lease:"
         self.tmp_prefix = f"{prefix}tmp:"
@@ -44,7 +51,11 @@ class Keys:
 
     def gpu_model(self, model: str, count: int) -> str:
         """Providers with at least `count` GPUs of `model`, scored by the count-th largest VRAM."""
-        return f"{self.prefix}gpu:{canonical_name(model)}:{count}"
+        return self.gpu_model_canonical(canonical_name(model), count)
+
+    def gpu_model_canonical(self, canonical_model: str, count: int) -> str:
+        """`gpu_model` for a name already in canonical form."""
+        return f"{self.prefix}gpu:{canonical_model}:{count}"
 
     def gpu_any(self, count: int) -> str:
         """Providers with at least `count` GPUs of any model, scored by the count-th largest VRAM."""

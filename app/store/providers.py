@@ -1,20 +1,16 @@
 """The provider store: every read and write of providers, each one round trip to Redis."""
 from __future__ import annotations
 
-import functools
 import json
-import logging
 from collections import defaultdict
-from importlib import resources
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import redis
 
-from ..errors import ProviderNotFound, StoreUnavailable
+from ..errors import ProviderNotFound, VersionMismatch
 from ..models import DETAIL_FIELDS, Filters, Page, Provider, Transition
-from .keys import STATUSES, Keys, canonical_name
-
-log = logging.getLogger(__name__)
+from .keys import STATUSES, Keys, canonical_name, fold_name
+from .scripts import ScriptContext, load_script, pairs, wrap_errors
 
 # Live GPU fields a heartbeat may update; the rest of a GPU changes only with its details.
 LIVE_GPU_FIELDS = (
@@ -24,34 +20,7 @@ LIVE_GPU_FIELDS = (
     "power_draw_w",
     "is_healthy",
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _wrap_errors(method: F) -> F:
-    """Turn any Redis failure into StoreUnavailable, at the store's edge."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("redis unavailable", extra={"error": str(exc)})
-            raise StoreUnavailable() from exc
-        except redis.RedisError as exc:
-            log.error("redis error", extra={"error": str(exc)}, exc_info=True)
-            raise StoreUnavailable(f"the registry's store failed: {exc}") from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _load_script(name: str) -> str:
-    lua = resources.files(__package__).joinpath("lua")
-    return lua.joinpath("lib.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
-
-
-def _pairs(flat: list[str]) -> dict[str, str]:
-    return dict(zip(flat[::2], flat[1::2]))
+NOT_FOUND, VERSION_MISMATCH = -1, -3
 
 
 def _dumps(value: Any) -> str:
@@ -59,8 +28,9 @@ def _dumps(value: Any) -> str:
 
 
 def gpu_token(gpu: dict[str, Any]) -> str:
-    """Return the canonical "model|architecture" token of a GPU, as scripts compare them."""
-    return f"{canonical_name(gpu['model_name'])}|{canonical_name(gpu.get('architecture') or '')}"
+    """Return a GPU's "model|architecture|vram" token, as the scripts compare GPUs."""
+    arch = canonical_name(gpu.get("architecture") or "")
+    return f"{canonical_name(gpu['model_name'])}|{arch}|{gpu['vram_mb']}"
 
 
 def index_entries(keys: Keys, details: dict[str, Any]) -> list[tuple[str, float]]:
@@ -72,117 +42,133 @@ def index_entries(keys: Keys, details: dict[str, Any]) -> list[tuple[str, float]
     """
     vram_by_model: dict[str, list[int]] = defaultdict(list)
     all_vram: list[int] = []
-    archs: set[str] = set()
+    entries: dict[str, float] = {}
     for gpu in details["gpus"]:
-        vram_by_model[gpu["model_name"]].append(gpu["vram_mb"])
+        # Models that differ only in case or spacing share one index.
+        vram_by_model[canonical_name(gpu["model_name"])].append(gpu["vram_mb"])
         all_vram.append(gpu["vram_mb"])
         if gpu.get("architecture"):
-            archs.add(keys.architecture(gpu["architecture"]))
-
-    entries: dict[str, float] = {}
-    # Models that differ only in case or spacing share one index: merge them first.
-    merged: dict[str, list[int]] = defaultdict(list)
+            entries[keys.architecture(gpu["architecture"])] = 0
     for model, vrams in vram_by_model.items():
-        merged[keys.gpu_model(model, 1).rsplit(":", 1)[0]].extend(vrams)
-    for stem, vrams in merged.items():
         for k, vram in enumerate(sorted(vrams, reverse=True), start=1):
-            entries[f"{stem}:{k}"] = vram
+            entries[keys.gpu_model_canonical(model, k)] = vram
     for k, vram in enumerate(sorted(all_vram, reverse=True), start=1):
         entries[keys.gpu_any(k)] = vram
-    for key in archs:
-        entries[key] = 0
     if details.get("location"):
         entries[keys.location(details["location"])] = 0
     return list(entries.items())
 
 
+def summary_contribution(details: dict[str, Any]) -> list[list[Any]]:
+    """Return what a provider adds to the capacity counters: [kind, name, amount] triples.
+
+    Kinds: n providers; mp/mg/mv providers, GPUs and VRAM per model; lp/lg providers and
+    GPUs per location. Names are folded, so "A100" and "a100" count together.
+    """
+    out: list[list[Any]] = [["n", "", 1]]
+    gpus: dict[str, list[int]] = defaultdict(list)
+    for gpu in details["gpus"]:
+        gpus[fold_name(gpu["model_name"])].append(gpu["vram_mb"])
+    for model, vrams in gpus.items():
+        out += [["mp", model, 1], ["mg", model, len(vrams)], ["mv", model, sum(vrams)]]
+    if details.get("location"):
+        location = fold_name(details["location"])
+        out += [["lp", location, 1], ["lg", location, len(details["gpus"])]]
+    return out
+
+
 class ProviderStore:
     """Providers, their leases and their indexes in Redis."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, lease_ttl_s: float) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, lease_ttl_s: float, events_max_len: int = 100_000
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
-        self._write = client.register_script(_load_script("write"))
-        self._heartbeat = client.register_script(_load_script("heartbeat"))
-        self._delete = client.register_script(_load_script("delete"))
-        self._sweep = client.register_script(_load_script("sweep"))
-        self._query = client.register_script(_load_script("query"))
+        self.ctx = ScriptContext(keys, events_max_len)
+        self._write = load_script(client, "write")
+        self._heartbeat = load_script(client, "heartbeat")
+        self._delete = load_script(client, "delete")
+        self._sweep = load_script(client, "sweep")
+        self._query = load_script(client, "query", "select")
 
-    def _status_prefix(self) -> str:
-        return self.keys.status("")
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return script(keys=self.ctx.keys + keys, args=self.ctx.args + args)
 
     def _detail_args(self, details: dict[str, Any]) -> list[Any]:
         fields: list[Any] = []
         for name in DETAIL_FIELDS:
-            if details.get(name) is not None:
-                fields += [name, details[name]]
+            value = details.get(name)
+            fields += [name, "" if value is None else value]  # "" removes an old value
         fields += [
             "gpus", _dumps(details["gpus"]),
             "metadata", _dumps(details.get("metadata") or {}),
             "gpu_keys", " ".join(gpu_token(gpu) for gpu in details["gpus"]),
+            "summary", _dumps(summary_contribution(details)),
         ]
         args: list[Any] = [len(fields) // 2, *fields]
         for key, score in index_entries(self.keys, details):
             args += [key, score]
         return args
 
-    def _write_keys(self, provider_id: str) -> list[str]:
-        k = self.keys
-        return [k.provider(provider_id), k.lease(provider_id), k.leases, k.providers, k.irregular]
-
-    @_wrap_errors
+    @wrap_errors
     def register(self, provider_id: str, details: dict[str, Any], status: str) -> tuple[Provider, bool, int]:
-        """Create or replace a provider and start its lease.
+        """Create or replace a provider and start its lease; ends any claim it had.
 
         Returns:
             The provider, whether it was created, and the server time in ms.
         """
-        args = [provider_id, "register", self.lease_ttl_ms, status, self._status_prefix()]
-        code, now, flat = self._write(keys=self._write_keys(provider_id), args=args + self._detail_args(details))
-        return Provider.from_hash(_pairs(flat)), code == 1, now
+        code, now, flat = self._run(
+            self._write, [], [provider_id, "register", self.lease_ttl_ms, status, "", *self._detail_args(details)]
+        )
+        return Provider.from_hash(pairs(flat)), code == 1, now
 
-    @_wrap_errors
-    def update(self, provider_id: str, details: dict[str, Any]) -> tuple[Provider, int]:
+    @wrap_errors
+    def update(self, provider_id: str, details: dict[str, Any], if_match: str = "") -> tuple[Provider, int]:
         """Replace a provider's details; its status and lease stay as they are.
 
         Raises:
             ProviderNotFound: no provider has this ID.
+            VersionMismatch: `if_match` (comma list of versions) does not hold the version.
         """
-        args = [provider_id, "update", self.lease_ttl_ms, "", self._status_prefix()]
-        code, now, flat = self._write(keys=self._write_keys(provider_id), args=args + self._detail_args(details))
-        if code == -1:
-            raise ProviderNotFound(provider_id)
-        return Provider.from_hash(_pairs(flat)), now
+        code, now, flat = self._run(
+            self._write, [], [provider_id, "update", self.lease_ttl_ms, "", if_match, *self._detail_args(details)]
+        )
+        return self._checked(provider_id, code, flat), now
 
-    @_wrap_errors
+    @wrap_errors
     def heartbeat(
         self,
         provider_id: str,
         status: str | None = None,
         gpu_metrics: list[dict[str, Any]] | None = None,
-    ) -> tuple[Provider, str, int]:
+        if_match: str = "",
+    ) -> tuple[Provider, int]:
         """Renew a provider's lease, set its status, merge live GPU metrics by position.
 
-        Returns:
-            The provider, its effective status before the heartbeat, and the server time in ms.
         Raises:
             ProviderNotFound: no provider has this ID.
+            VersionMismatch: `if_match` does not hold the provider's version.
         """
         metrics = ""
         if gpu_metrics:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
             metrics = _dumps(live)
-        k = self.keys
-        code, now, previous, flat = self._heartbeat(
-            keys=[k.provider(provider_id), k.lease(provider_id), k.leases, k.irregular],
-            args=[provider_id, self.lease_ttl_ms, status or "", metrics, self._status_prefix()],
+        code, now, flat = self._run(
+            self._heartbeat, [], [provider_id, self.lease_ttl_ms, status or "", metrics, if_match]
         )
-        if code == -1:
-            raise ProviderNotFound(provider_id)
-        return Provider.from_hash(_pairs(flat)), previous, now
+        return self._checked(provider_id, code, flat), now
 
-    @_wrap_errors
+    def _checked(self, provider_id: str, code: int, flat: list[str]) -> Provider:
+        if code == NOT_FOUND:
+            raise ProviderNotFound(provider_id)
+        provider = Provider.from_hash(pairs(flat))
+        if code == VERSION_MISMATCH:
+            raise VersionMismatch(provider.version)
+        return provider
+
+    @wrap_errors
     def get(self, provider_id: str) -> tuple[Provider, int]:
         """Return a provider and the server time in ms.
 
@@ -197,24 +183,22 @@ class ProviderStore:
             raise ProviderNotFound(provider_id)
         return Provider.from_hash(fields), seconds * 1000 + micros // 1000
 
-    @_wrap_errors
-    def delete(self, provider_id: str) -> None:
-        """Deregister a provider and remove it from every index.
+    @wrap_errors
+    def delete(self, provider_id: str, if_match: str = "") -> None:
+        """Deregister a provider and remove it from every index; ends any claim.
 
         Raises:
             ProviderNotFound: no provider has this ID.
+            VersionMismatch: `if_match` does not hold the provider's version.
         """
-        k = self.keys
-        deleted = self._delete(
-            keys=[k.provider(provider_id), k.lease(provider_id), k.leases, k.providers, k.irregular],
-            args=[provider_id, self._status_prefix()],
-        )
-        if not deleted:
+        code, version = self._run(self._delete, [], [provider_id, if_match])
+        if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
+        if code == VERSION_MISMATCH:
+            raise VersionMismatch(version)
 
-    @_wrap_errors
-    def query(self, filters: Filters, limit: int, cursor: str | None = None) -> Page:
-        """Return the page of providers after `cursor` that match `filters`, in ID order."""
+    def filter_keys(self, filters: Filters) -> list[str]:
+        """Return the filter KEYS of select.lua for `filters`."""
         k = self.keys
         if filters.gpu_model:
             gpu_key = k.gpu_model(filters.gpu_model, filters.min_gpus)
@@ -222,40 +206,60 @@ class ProviderStore:
             gpu_key = k.gpu_any(filters.min_gpus)
         else:
             gpu_key = ""
-        scratch = [k.tmp(f"query:{i}") for i in range(2 + len(STATUSES))]
-        keys = [
-            k.providers, k.leases, k.irregular, gpu_key,
+        scratch = [k.tmp(f"select:{i}") for i in range(2 + len(STATUSES))]
+        return [
+            gpu_key,
             k.architecture(filters.architecture) if filters.architecture else "",
             k.location(filters.location) if filters.location else "",
             *scratch,
         ]
-        args = [
-            k.provider_prefix, self._status_prefix(), limit, cursor or "",
+
+    @staticmethod
+    def filter_args(filters: Filters) -> list[Any]:
+        """Return the filter ARGV of select.lua for `filters`."""
+        return [
             ",".join(filters.statuses), filters.min_vram or 0, filters.min_gpus,
-            "1" if (filters.healthy_only or filters.architecture) else "0",
             canonical_name(filters.gpu_model) if filters.gpu_model else "",
             canonical_name(filters.architecture) if filters.architecture else "",
             "1" if filters.healthy_only else "0",
+            filters.sort, "1" if filters.descending else "0",
         ]
-        now, total, has_more, *rows = self._query(keys=keys, args=args)
-        providers = [Provider.from_hash(_pairs(flat)) for _, flat in rows]
-        next_cursor = providers[-1].id if has_more and providers else None
+
+    @wrap_errors
+    def query(self, filters: Filters, limit: int, cursor: tuple[str, int | None] | None = None) -> Page:
+        """Return the page after `cursor` of providers that match `filters`.
+
+        The order is ascending ID, or the sort of `filters` with ties broken by ID; `cursor`
+        is the (ID, sort value) of the last provider of the previous page.
+        """
+        cursor_id, cursor_value = cursor if cursor else ("", None)
+        now, total, has_more, *rows = self._run(
+            self._query,
+            self.filter_keys(filters),
+            [*self.filter_args(filters), limit, cursor_id, "" if cursor_value is None else cursor_value],
+        )
+        providers = [Provider.from_hash(pairs(flat)) for _, flat, _ in rows]
+        next_cursor = None
+        if has_more and rows:
+            last_id, _, last_value = rows[-1]
+            next_cursor = (last_id, int(float(last_value)) if filters.sort else None)
         return Page(providers=providers, total=total, next_cursor=next_cursor, now_ms=now)
 
-    @_wrap_errors
-    def sweep(self, batch: int = 1000) -> list[Transition]:
-        """Turn up to `batch` lapsed leases into offline transitions."""
-        now, *flat = self._sweep(
-            keys=[self.keys.leases],
-            args=[self.keys.provider_prefix, self._status_prefix(), batch],
-        )
-        return [
-            Transition(provider_id=flat[i], previous_status=flat[i + 1], deadline_ms=int(flat[i + 2]))
+    @wrap_errors
+    def sweep(self, batch: int = 1000) -> tuple[list[Transition], bool]:
+        """Settle up to `batch` lapsed leases and claims.
+
+        Returns:
+            The status transitions made, and whether more lapsed entries may be waiting.
+        """
+        now, found, *flat = self._run(self._sweep, [], [batch])
+        transitions = [
+            Transition(provider_id=flat[i], previous_status=flat[i + 1], status=flat[i + 2])
             for i in range(0, len(flat), 3)
         ]
+        return transitions, found >= batch
 
-    @_wrap_errors
+    @wrap_errors
     def ping(self) -> None:
         """Check that Redis answers."""
         self.redis.ping()
-

@@ -1,17 +1,22 @@
--- Deregister a provider: remove it from every index, then delete its keys.
--- KEYS[1] provider hash    KEYS[2] lease key    KEYS[3] leases    KEYS[4] providers
--- KEYS[5] irregular
--- ARGV[1] provider ID    ARGV[2] status key prefix
--- Returns 1 deleted, 0 no such provider.
-local hash, lease, leases, providers, irregular = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, status_prefix = ARGV[1], ARGV[2]
+-- Deregister a provider: remove it from every index and counter, then delete its keys.
+-- KEYS[1..6] the registry's fixed keys (lib.lua)
+-- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- ARGV[5] provider ID    ARGV[6] If-Match versions ("" for any)
+-- Returns {code, version}: code 1 deleted, -1 no such provider, -3 If-Match failed.
+local a = CTX_ARGS
+local id, if_match = ARGV[a + 1], ARGV[a + 2]
 
-local old = redis.call('HMGET', hash, 'status', 'index_keys')
-if old[1] == false then return 0 end
-drop_indexes(old[2], id)
-redis.call('ZREM', status_prefix .. old[1], id)
-redis.call('ZREM', leases, id)
-redis.call('ZREM', providers, id)
-redis.call('SREM', irregular, id)
-redis.call('DEL', hash, lease)
-return 1
+local h = read_state(id)
+if not h then return {-1, 0} end
+if not version_matches(h, if_match) then return {-3, tonumber(h.version) or 0} end
+settle(id, h)
+end_claim(id, h, 'deregistered')
+drop_indexes(h.index_keys, id)
+count(h.summary, h.status, -1)
+redis.call('ZREM', ctx.status_prefix .. h.status, id)
+redis.call('ZREM', ctx.leases, id)
+redis.call('ZREM', ctx.providers, id)
+redis.call('SREM', ctx.irregular, id)
+redis.call('DEL', hkey(id), ctx.lease_prefix .. id)
+emit('deregistered', id, ctx.now, {'previous_status', h.status})
+return {1, tonumber(h.version) or 0}

@@ -1,49 +1,62 @@
 -- Renew a provider's lease, optionally set its status and merge live GPU metrics.
--- KEYS[1] provider hash    KEYS[2] lease key    KEYS[3] leases (zset by deadline ms)
--- KEYS[4] irregular (set)
--- ARGV[1] provider ID    ARGV[2] lease TTL in ms    ARGV[3] new status, or "" to keep it
--- ARGV[4] GPU metrics as a JSON list matched to the GPUs by position, or ""
--- ARGV[5] status key prefix
--- Returns {code, now_ms, previous effective status, the provider hash as a flat list}:
--- code 1 renewed, -1 no such provider.
-local hash, lease, leases, irregular = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, ttl, wanted, metrics, status_prefix =
-  ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local now = now_ms()
+-- KEYS[1..6] the registry's fixed keys (lib.lua)
+-- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- ARGV[5] provider ID    ARGV[6] lease TTL in ms    ARGV[7] new status, or "" to keep it
+-- ARGV[8] GPU metrics as a JSON list matched to the GPUs by position, or ""
+-- ARGV[9] If-Match versions ("" for any)
+-- Returns {code, now_ms, the provider hash as a flat list}: code 1 renewed, -1 no such
+-- provider, -3 If-Match failed.
+local a = CTX_ARGS
+local id, ttl, wanted, metrics, if_match =
+  ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
 
-local old = redis.call('HMGET', hash, 'status', 'lease_expires_at')
-if old[1] == false then return {-1, now, '', {}} end
-local stored, deadline = old[1], tonumber(old[2]) or 0
-local previous = stored
-if deadline <= now then previous = 'offline' end
+local h = read_state(id)
+if not h then return {-1, ctx.now, {}} end
+if not version_matches(h, if_match) then return {-3, ctx.now, reply(id)} end
 
-local status = wanted
-if status == '' then
-  if previous == 'offline' then status = 'idle' else status = stored end
+-- A lease or claim that lapsed before this heartbeat is written to the feed first.
+settle(id, h)
+local was = h.status
+
+local status = was
+if wanted == '' or (wanted == 'idle' and h.claim_id) then
+  -- No status, or "idle" from a daemon that has not heard of its job yet: the claim holds.
+  if was == 'offline' then status = 'idle' end
+elseif wanted == 'maintenance' or wanted == 'error' or wanted == 'offline' then
+  end_claim(id, h, wanted)
+  status = wanted
+else
+  status = wanted
 end
 
 if status == 'offline' then
   -- The daemon is shutting down: the lease ends now.
-  redis.call('DEL', lease)
-  redis.call('ZREM', leases, id)
-  deadline = now
+  redis.call('DEL', ctx.lease_prefix .. id)
+  redis.call('ZREM', ctx.leases, id)
+  redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', ctx.now)
 else
-  deadline = now + ttl
-  redis.call('SET', lease, now, 'PX', ttl)
-  redis.call('ZADD', leases, deadline, id)
+  renew_lease(id, ttl)
 end
-move_status(status_prefix, id, stored, status)
+
+if status ~= was then
+  set_status(id, h, status)
+  bump(id, h)
+  if was == 'offline' then
+    emit('online', id, ctx.now, {'status', status, 'version', h.version})
+  else
+    emit('status_changed', id, ctx.now, {'from', was, 'to', status, 'version', h.version})
+  end
+end
 
 if metrics ~= '' then
-  local gpus = cjson.decode(redis.call('HGET', hash, 'gpus'))
+  local gpus = cjson.decode(redis.call('HGET', hkey(id), 'gpus'))
   for i, live in ipairs(cjson.decode(metrics)) do
     if gpus[i] then
       for field, value in pairs(live) do gpus[i][field] = value end
     end
   end
-  redis.call('HSET', hash, 'gpus', cjson.encode(gpus))
-  mark_irregular(irregular, id, redis.call('HGET', hash, 'gpu_keys'), gpus)
+  redis.call('HSET', hkey(id), 'gpus', cjson.encode(gpus))
+  mark_irregular(id, redis.call('HGET', hkey(id), 'gpu_keys'), gpus)
 end
 
-redis.call('HSET', hash, 'status', status, 'last_seen_at', now, 'lease_expires_at', deadline)
-return {1, now, previous, redis.call('HGETALL', hash)}
+return {1, ctx.now, reply(id)}

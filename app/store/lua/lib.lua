@@ -1,26 +1,165 @@
 -- Shared helpers, prepended to every script when it is loaded (once, at start-up).
+--
+-- Every script receives the registry's fixed keys first, in this order, so that these helpers
+-- can find them (CTX_KEYS below); scripts list their own keys after them:
+--   KEYS[1] providers (zset of all IDs, scores 0)   KEYS[2] leases (zset by lease deadline ms)
+--   KEYS[3] claims (zset by unconfirmed-claim deadline ms)   KEYS[4] irregular (set)
+--   KEYS[5] events (stream)   KEYS[6] counts (hash of summary counters)
+-- and ARGV[1] provider hash key prefix, ARGV[2] status key prefix, ARGV[3] lease key prefix,
+-- ARGV[4] events max length.
+local CTX_KEYS, CTX_ARGS = 6, 4
 
--- The registry's one clock: Redis server time in milliseconds, the same for every instance.
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Move a provider between the status sets (all scores 0, so members sort by ID).
-local function move_status(status_prefix, id, old, new)
-  if old and old ~= new then
-    redis.call('ZREM', status_prefix .. old, id)
+-- The registry's one clock: Redis server time, the same for every instance.
+local ctx = {
+  providers = KEYS[1], leases = KEYS[2], claims = KEYS[3], irregular = KEYS[4],
+  events = KEYS[5], counts = KEYS[6],
+  hash_prefix = ARGV[1], status_prefix = ARGV[2], lease_prefix = ARGV[3],
+  events_max_len = tonumber(ARGV[4]),
+  now = now_ms(),
+}
+
+local function hkey(id) return ctx.hash_prefix .. id end
+
+-- The fields every state transition needs, read in one call.
+local STATE_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claimant', 'claim_expires_at',
+  'claim_confirmed', 'summary', 'version', 'index_keys'}
+local function read_state(id)
+  local v = redis.call('HMGET', hkey(id), unpack(STATE_FIELDS))
+  if v[1] == false then return nil end
+  local h = {}
+  for i, name in ipairs(STATE_FIELDS) do
+    if v[i] ~= false then h[name] = v[i] end
   end
-  redis.call('ZADD', status_prefix .. new, 0, id)
+  return h
+end
+
+-- Append one event to the change feed; `extra` is a flat list of field/value pairs.
+local function emit(kind, id, at, extra)
+  local args = {'XADD', ctx.events, 'MAXLEN', '~', ctx.events_max_len, '*',
+    'type', kind, 'provider_id', id, 'at', at}
+  for _, v in ipairs(extra or {}) do args[#args + 1] = v end
+  redis.call(unpack(args))
+end
+
+-- Summary counters: field "<status>|<kind>|<name>" of the counts hash. A provider's
+-- contribution (its "summary" field, JSON [[kind, name, n], ...]) is counted under its
+-- stored status and moved whenever that status changes.
+local function count(summary, status, sign)
+  if not summary or summary == '' then return end
+  for _, e in ipairs(cjson.decode(summary)) do
+    local field = status .. '|' .. e[1] .. '|' .. e[2]
+    if redis.call('HINCRBY', ctx.counts, field, sign * e[3]) == 0 then
+      redis.call('HDEL', ctx.counts, field)
+    end
+  end
+end
+
+-- Change the stored status, keeping the status sets and counters in step.
+local function set_status(id, h, new)
+  local old = h.status
+  if old == new then return end
+  if old then
+    redis.call('ZREM', ctx.status_prefix .. old, id)
+    count(h.summary, old, -1)
+  end
+  redis.call('ZADD', ctx.status_prefix .. new, 0, id)
+  count(h.summary, new, 1)
+  redis.call('HSET', hkey(id), 'status', new)
+  h.status = new
+end
+
+local function bump(id, h)
+  h.version = redis.call('HINCRBY', hkey(id), 'version', 1)
+end
+
+local function clear_claim(id, h)
+  redis.call('HDEL', hkey(id), 'claim_id', 'claimant', 'claim_expires_at', 'claim_ttl_ms',
+    'claim_confirmed')
+  redis.call('ZREM', ctx.claims, id)
+  h.claim_id, h.claimant, h.claim_expires_at, h.claim_confirmed = nil, nil, nil, nil
+end
+
+local function claim_lapsed(h)
+  return h.claim_id ~= nil and h.claim_confirmed ~= '1'
+    and (tonumber(h.claim_expires_at) or 0) <= ctx.now
+end
+
+local function lease_lapsed(h)
+  return h.status ~= 'offline' and (tonumber(h.lease_expires_at) or 0) <= ctx.now
+end
+
+-- The status a provider shows now: offline from its lease deadline on, idle again from the
+-- deadline of an unconfirmed claim on, else the stored status.
+local function effective(h)
+  if h.status == 'offline' or (tonumber(h.lease_expires_at) or 0) <= ctx.now then
+    return 'offline'
+  end
+  if claim_lapsed(h) then return 'idle' end
+  return h.status
+end
+
+-- Bring the stored state up to date with deadlines that passed (neither bumps the version):
+-- an unconfirmed claim that lapsed first makes the provider idle again; a lease that lapsed
+-- ends any claim and makes it offline. Emits the events in the order they happened.
+local function settle(id, h)
+  local lease = tonumber(h.lease_expires_at) or 0
+  if claim_lapsed(h) and (tonumber(h.claim_expires_at) < lease or h.status == 'offline') then
+    emit('claim_expired', id, h.claim_expires_at, {'claim_id', h.claim_id,
+      'claimant', h.claimant or ''})
+    clear_claim(id, h)
+    set_status(id, h, 'idle')
+  end
+  if lease_lapsed(h) then
+    if h.claim_id then
+      emit('claim_released', id, lease, {'claim_id', h.claim_id, 'reason', 'lease_lapsed'})
+      clear_claim(id, h)
+    end
+    local previous = h.status
+    set_status(id, h, 'offline')
+    redis.call('ZREM', ctx.leases, id)
+    emit('offline', id, lease, {'previous_status', previous, 'reason', 'lease_lapsed'})
+  end
+end
+
+-- End a claim because of something the daemon or an operator did.
+local function end_claim(id, h, reason)
+  if h.claim_id then
+    emit('claim_released', id, ctx.now, {'claim_id', h.claim_id, 'reason', reason})
+    clear_claim(id, h)
+  end
+end
+
+-- Renew the lease from now.
+local function renew_lease(id, ttl)
+  local deadline = ctx.now + ttl
+  redis.call('SET', ctx.lease_prefix .. id, ctx.now, 'PX', ttl)
+  redis.call('ZADD', ctx.leases, deadline, id)
+  redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline)
+  return deadline
+end
+
+-- "If-Match": ARGV value "" accepts any version, else a comma list of acceptable versions.
+local function version_matches(h, wanted)
+  if wanted == '' then return true end
+  local current = tostring(h.version or 0)
+  for v in string.gmatch(wanted, '[^,]+') do
+    if v == current then return true end
+  end
+  return false
 end
 
 -- A provider is irregular when index arithmetic alone cannot answer a per-GPU filter for it:
 -- a GPU is unhealthy, or its GPUs differ in canonical model or architecture.
--- gpu_keys: one "model|architecture" token per GPU, in GPU order.
+-- gpu_keys: one "model|architecture|vram" token per GPU, in GPU order.
 local function is_irregular(gpu_keys, gpus)
   local first = nil
-  for token in string.gmatch(gpu_keys, '%S+') do
-    if first == nil then first = token elseif token ~= first then return true end
+  for kind in string.gmatch(gpu_keys, '(%S-|%S-)|%d+') do
+    if first == nil then first = kind elseif kind ~= first then return true end
   end
   for _, gpu in ipairs(gpus) do
     if gpu['is_healthy'] == false then return true end
@@ -28,11 +167,11 @@ local function is_irregular(gpu_keys, gpus)
   return false
 end
 
-local function mark_irregular(irregular_key, id, gpu_keys, gpus)
+local function mark_irregular(id, gpu_keys, gpus)
   if is_irregular(gpu_keys, gpus) then
-    redis.call('SADD', irregular_key, id)
+    redis.call('SADD', ctx.irregular, id)
   else
-    redis.call('SREM', irregular_key, id)
+    redis.call('SREM', ctx.irregular, id)
   end
 end
 
@@ -44,3 +183,6 @@ local function drop_indexes(index_keys, id)
   end
 end
 
+local function reply(id)
+  return redis.call('HGETALL', hkey(id))
+end

@@ -1,23 +1,34 @@
--- Turn lapsed leases into offline transitions, a batch at a time.
--- KEYS[1] leases (zset by deadline ms)
--- ARGV[1] provider hash key prefix    ARGV[2] status key prefix    ARGV[3] batch size
--- Returns {now_ms, id, previous status, deadline, id, ...} for each provider turned offline.
-local leases = KEYS[1]
-local hash_prefix, status_prefix, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms()
-local out = {now}
-local lapsed = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'WITHSCORES', 'LIMIT', 0, batch)
-for i = 1, #lapsed, 2 do
-  local id, deadline = lapsed[i], lapsed[i + 1]
-  local hash = hash_prefix .. id
-  local stored = redis.call('HGET', hash, 'status')
-  redis.call('ZREM', leases, id)
-  if stored and stored ~= 'offline' then
-    move_status(status_prefix, id, stored, 'offline')
-    redis.call('HSET', hash, 'status', 'offline')
-    out[#out + 1] = id
-    out[#out + 1] = stored
-    out[#out + 1] = deadline
+-- Turn lapsed leases and lapsed unconfirmed claims into transitions, a batch at a time.
+-- KEYS[1..6] the registry's fixed keys (lib.lua)
+-- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- ARGV[5] batch size
+-- Returns {now_ms, n, id, previous status, new status, ...} for each provider settled, where
+-- n is how many lapsed entries were found (a full batch means: call again).
+local batch = tonumber(ARGV[CTX_ARGS + 1])
+local out, seen, found = {ctx.now, 0}, {}, 0
+for _, index in ipairs({ctx.leases, ctx.claims}) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', ctx.now, 'LIMIT', 0, batch)) do
+    found = found + 1
+    if not seen[id] then
+      seen[id] = true
+      local h = read_state(id)
+      if h then
+        local previous = h.status
+        settle(id, h)
+        if h.status ~= previous then
+          out[#out + 1] = id
+          out[#out + 1] = previous
+          out[#out + 1] = h.status
+        end
+        -- Entries that no deadline backs any more (never expected) must not loop the sweeper.
+        if h.status == 'offline' then redis.call('ZREM', ctx.leases, id) end
+        if h.claim_id == nil or h.claim_confirmed == '1' then redis.call('ZREM', ctx.claims, id) end
+      else
+        -- Index entries of a provider deleted mid-way never outlive it.
+        redis.call('ZREM', index, id)
+      end
+    end
   end
 end
+out[2] = found
 return out

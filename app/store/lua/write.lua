@@ -1,56 +1,87 @@
--- Register a provider (create or replace in place) or update its details, with every index,
--- in one atomic step.
--- KEYS[1] provider hash    KEYS[2] lease key    KEYS[3] leases (zset by deadline ms)
--- KEYS[4] providers (all IDs)    KEYS[5] irregular (set)
--- ARGV[1] provider ID    ARGV[2] mode: "register" or "update"    ARGV[3] lease TTL in ms
--- ARGV[4] status to set on register    ARGV[5] status key prefix
--- ARGV[6] n, the number of detail fields, then n field/value pairs (they include gpus and
---         gpu_keys), then index key/score pairs to the end
+-- Register a provider (create, or replace in place) or update its details, with every index,
+-- counter and event, in one atomic step.
+-- KEYS[1..6] the registry's fixed keys (lib.lua)
+-- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- ARGV[5] provider ID    ARGV[6] mode: "register" or "update"    ARGV[7] lease TTL in ms
+-- ARGV[8] status to set on register    ARGV[9] If-Match versions ("" for any)
+-- ARGV[10] n, the number of detail fields, then n field/value pairs (a value "" removes the
+--          field), then index key/score pairs to the end
 -- Returns {code, now_ms, the provider hash as a flat list}: code 1 created, 0 replaced or
--- updated, -1 no such provider (update).
-local hash, lease, leases, providers, irregular = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local id, mode, ttl, status, status_prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local now = now_ms()
+-- updated, -1 no such provider (update), -3 If-Match failed.
+local a = CTX_ARGS
+local id, mode, ttl, status, if_match =
+  ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5]
+local hash = hkey(id)
 
-local old = redis.call('HMGET', hash, 'status', 'registered_at', 'last_seen_at',
-  'lease_expires_at', 'index_keys')
-local exists = old[1] ~= false
-if mode == 'update' and not exists then return {-1, now, {}} end
+local h = read_state(id)
+if mode == 'update' and not h then return {-1, ctx.now, {}} end
+if h and not version_matches(h, if_match) then return {-3, ctx.now, reply(id)} end
 
-local n = tonumber(ARGV[6])
-local fields = {}
-local gpus_json, gpu_keys = '[]', ''
-for i = 7, 6 + 2 * n, 2 do
-  local name, value = ARGV[i], ARGV[i + 1]
-  fields[#fields + 1] = name
-  fields[#fields + 1] = value
-  if name == 'gpus' then gpus_json = value elseif name == 'gpu_keys' then gpu_keys = value end
+local n = tonumber(ARGV[a + 6])
+local names, values, new_summary, gpus_json, gpu_keys = {}, {}, '', '[]', ''
+for i = a + 7, a + 6 + 2 * n, 2 do
+  names[#names + 1], values[#values + 1] = ARGV[i], ARGV[i + 1]
+  if ARGV[i] == 'summary' then new_summary = ARGV[i + 1]
+  elseif ARGV[i] == 'gpus' then gpus_json = ARGV[i + 1]
+  elseif ARGV[i] == 'gpu_keys' then gpu_keys = ARGV[i + 1] end
 end
 
-drop_indexes(old[5], id)
+local previous = nil
+local changed = {}
+if h then
+  settle(id, h)
+  previous = h.status
+  local old = redis.call('HMGET', hash, unpack(names))
+  for i, name in ipairs(names) do
+    if (old[i] or '') ~= values[i] and name ~= 'summary' and name ~= 'gpu_keys' then
+      changed[#changed + 1] = name
+    end
+  end
+  -- Take the old details out of the counters and indexes; the new ones go in below.
+  count(h.summary, h.status, -1)
+  drop_indexes(h.index_keys, id)
+end
+
+for i, name in ipairs(names) do
+  if values[i] == '' then
+    redis.call('HDEL', hash, name)
+  else
+    redis.call('HSET', hash, name, values[i])
+  end
+end
 local index_keys = {}
-for i = 7 + 2 * n, #ARGV, 2 do
+for i = a + 7 + 2 * n, #ARGV, 2 do
   redis.call('ZADD', ARGV[i], ARGV[i + 1], id)
   index_keys[#index_keys + 1] = ARGV[i]
 end
+redis.call('HSET', hash, 'id', id, 'index_keys', table.concat(index_keys, ' '))
+redis.call('ZADD', ctx.providers, 0, id)
+mark_irregular(id, gpu_keys, cjson.decode(gpus_json))
 
-local registered_at = old[2] or now
-local last_seen, deadline
-if mode == 'register' then
-  last_seen, deadline = now, now + ttl
-  redis.call('SET', lease, now, 'PX', ttl)
-  redis.call('ZADD', leases, deadline, id)
-  move_status(status_prefix, id, old[1] or nil, status)
-else
-  status, last_seen, deadline = old[1], old[3], old[4]
+if mode == 'update' then
+  count(new_summary, h.status, 1)
+  bump(id, h)
+  emit('updated', id, ctx.now, {'changed', table.concat(changed, ','), 'version', h.version})
+  return {0, ctx.now, reply(id)}
 end
 
-redis.call('DEL', hash)
-redis.call('HSET', hash, 'id', id, 'status', status, 'registered_at', registered_at,
-  'last_seen_at', last_seen, 'lease_expires_at', deadline,
-  'index_keys', table.concat(index_keys, ' '), unpack(fields))
-redis.call('ZADD', providers, 0, id)
-mark_irregular(irregular, id, gpu_keys, cjson.decode(gpus_json))
-local code = 1
-if exists then code = 0 end
-return {code, now, redis.call('HGETALL', hash)}
+-- Registration: a fresh start of the daemon, and its first heartbeat.
+if h then
+  end_claim(id, h, 'reregistered')
+  redis.call('ZREM', ctx.status_prefix .. h.status, id)
+else
+  h = {}
+  redis.call('HSET', hash, 'registered_at', ctx.now)
+end
+redis.call('ZADD', ctx.status_prefix .. status, 0, id)
+redis.call('HSET', hash, 'status', status)
+count(new_summary, status, 1)
+renew_lease(id, ttl)
+bump(id, h)
+emit('registered', id, ctx.now, {'status', status, 'version', h.version,
+  'reregistered', previous and '1' or '0'})
+if previous == 'offline' then
+  emit('online', id, ctx.now, {'status', status})
+end
+if previous then return {0, ctx.now, reply(id)} end
+return {1, ctx.now, reply(id)}

@@ -1,0 +1,24 @@
+"""HTTP route of the change feed, with long polls."""
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from ..registry import current_registry
+from ..schemas import EventsQuerySchema
+from .parsing import query_args
+
+bp = Blueprint("events", __name__)
+
+
+@bp.get("/providers/events")
+def events() -> Response:
+    """Return the events after `after`, waiting up to `wait` seconds for one to come.
+
+    Without `after`: no events, only the current position to ask from next.
+    """
+    args = query_args(EventsQuerySchema())
+    feed = current_registry().events
+    if "after" not in args:
+        return jsonify({"events": [], "next": feed.position()})
+    batch = feed.read(args["after"], args["wait"])
+    return jsonify({"events": batch.events, "next": batch.next, "truncated": batch.truncated})

@@ -1,0 +1,37 @@
+-- Renew, confirm or release one provider's claim.
+-- KEYS[1..6] the registry's fixed keys (lib.lua)
+-- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- ARGV[5] provider ID    ARGV[6] "renew", "confirm" or "release"    ARGV[7] claim ID
+-- Returns {code, now_ms, the provider hash as a flat list}: code 1 done, -1 no such provider,
+-- -4 the claim ID is not the provider's current claim (ended, lapsed, or another one).
+local a = CTX_ARGS
+local id, op, claim_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+
+local h = read_state(id)
+if not h then return {-1, ctx.now, {}} end
+settle(id, h)
+if h.claim_id ~= claim_id then return {-4, ctx.now, reply(id)} end
+
+if op == 'renew' then
+  if h.claim_confirmed ~= '1' then
+    local deadline = ctx.now + tonumber(redis.call('HGET', hkey(id), 'claim_ttl_ms'))
+    redis.call('HSET', hkey(id), 'claim_expires_at', deadline)
+    redis.call('ZADD', ctx.claims, deadline, id)
+    bump(id, h)
+  end
+elseif op == 'confirm' then
+  if h.claim_confirmed ~= '1' then
+    redis.call('HSET', hkey(id), 'claim_confirmed', '1')
+    redis.call('HDEL', hkey(id), 'claim_expires_at')
+    redis.call('ZREM', ctx.claims, id)
+    bump(id, h)
+    emit('claim_confirmed', id, ctx.now, {'claim_id', claim_id, 'version', h.version})
+  end
+else
+  clear_claim(id, h)
+  set_status(id, h, 'idle')
+  bump(id, h)
+  emit('claim_released', id, ctx.now, {'claim_id', claim_id, 'reason', 'released',
+    'version', h.version})
+end
+return {1, ctx.now, reply(id)}

@@ -1,0 +1,53 @@
+"""Loading the Lua scripts, the arguments every script shares, and the error edge."""
+from __future__ import annotations
+
+import functools
+import logging
+from importlib import resources
+from typing import Any, Callable, TypeVar
+
+import redis
+
+from ..errors import StoreUnavailable
+from .keys import Keys
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def wrap_errors(method: F) -> F:
+    """Turn any Redis failure into StoreUnavailable, at the store's edge."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("redis unavailable", extra={"error": str(exc)})
+            raise StoreUnavailable() from exc
+        except redis.RedisError as exc:
+            log.error("redis error", extra={"error": str(exc)}, exc_info=True)
+            raise StoreUnavailable(f"the registry's store failed: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_script(client: redis.Redis, name: str, *libs: str) -> Any:
+    """Register `name`.lua with the shared libraries prepended (always lib.lua first)."""
+    lua = resources.files(__package__).joinpath("lua")
+    parts = [lua.joinpath(f"{lib}.lua").read_text() for lib in ("lib", *libs)]
+    parts.append(lua.joinpath(f"{name}.lua").read_text())
+    return client.register_script("\n".join(parts))
+
+
+def pairs(flat: list[str]) -> dict[str, str]:
+    """Turn a flat [field, value, ...] reply into a dict."""
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+class ScriptContext:
+    """The fixed KEYS and ARGV every script starts with (see lib.lua)."""
+
+    def __init__(self, keys: Keys, events_max_len: int) -> None:
+        self.keys = [keys.providers, keys.leases, keys.claims, keys.irregular, keys.events, keys.counts]
+        self.args: list[Any] = [keys.provider_prefix, keys.status(""), keys.lease_prefix, events_max_len]

@@ -1,0 +1,53 @@
+"""Capacity at a glance, from counters the writes keep (see summary.lua)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from .keys import STATUSES
+from .providers import ProviderStore
+from .scripts import load_script, wrap_errors
+
+
+class CapacityStore:
+    """Summaries by effective status, GPU model and location, without reading every provider."""
+
+    def __init__(self, providers: ProviderStore) -> None:
+        self.providers = providers
+        self._summary = load_script(providers.redis, "summary")
+
+    @wrap_errors
+    def summary(self) -> dict[str, Any]:
+        """Return providers by status, GPUs and VRAM by model, providers and GPUs by location."""
+        _, *flat = self.providers._run(self._summary, [], [])
+        by_status = {status: 0 for status in STATUSES}
+        models: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"providers": 0, "gpus": 0, "idle_gpus": 0, "vram_mb": 0, "idle_vram_mb": 0}
+        )
+        locations: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"providers": 0, "idle_providers": 0, "gpus": 0, "idle_gpus": 0}
+        )
+        for field, value in zip(flat[::2], flat[1::2]):
+            status, kind, name = field.split("|", 2)
+            idle = status == "idle"
+            if kind == "n":
+                by_status[status] = by_status.get(status, 0) + value
+            elif kind == "mp":
+                models[name]["providers"] += value
+            elif kind == "mg":
+                models[name]["gpus"] += value
+                models[name]["idle_gpus"] += value if idle else 0
+            elif kind == "mv":
+                models[name]["vram_mb"] += value
+                models[name]["idle_vram_mb"] += value if idle else 0
+            elif kind == "lp":
+                locations[name]["providers"] += value
+                locations[name]["idle_providers"] += value if idle else 0
+            elif kind == "lg":
+                locations[name]["gpus"] += value
+                locations[name]["idle_gpus"] += value if idle else 0
+        return {
+            "by_status": by_status,
+            "by_gpu_model": dict(sorted(models.items())),
+            "by_location": dict(sorted(locations.items())),
+        }
