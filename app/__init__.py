@@ -1,22 +1,30 @@
 """The GPU provider registry: a Flask service over Redis."""
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
-from .config import Settings, load_settings
-from .errors import register_error_handlers
-from .logs import install_request_logging
-from .registry import EXTENSION, Registry
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .config import Settings
 
 MAX_BODY_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: "Settings | None" = None) -> "Flask":
     """Build the app: settings from the file and environment unless given, then blueprints.
 
-    Importing the package has no side effects; this connects to Redis lazily.
+    Imports happen here, not at package import, so that the gunicorn master (which reads
+    app.config) imports neither Flask nor redis before gevent workers patch the standard
+    library. The app connects to Redis lazily.
     """
+    from flask import Flask
+
     from .api import register_blueprints
+    from .config import load_settings
+    from .errors import register_error_handlers
+    from .logs import install_request_logging
+    from .registry import EXTENSION, Registry
 
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)

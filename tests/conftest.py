@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import redis
@@ -43,11 +44,24 @@ def settings(redis_server: RedisServer) -> Settings:
 
 
 @pytest.fixture
-def app(settings: Settings, redis_db: redis.Redis) -> Iterator[Flask]:
-    app = create_app(settings)
-    app.config["TESTING"] = True
-    yield app
-    app.extensions[EXTENSION].close()
+def make_app(settings: Settings, redis_db: redis.Redis) -> Iterator[Callable[..., Flask]]:
+    """Build apps on the private Redis with settings changed by keyword arguments."""
+    built: list[Flask] = []
+
+    def make(**overrides: Any) -> Flask:
+        app = create_app(dataclasses.replace(settings, **overrides))
+        app.config["TESTING"] = True
+        built.append(app)
+        return app
+
+    yield make
+    for app in built:
+        app.extensions[EXTENSION].close()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
 
 
 @pytest.fixture

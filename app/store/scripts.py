@@ -23,7 +23,8 @@ def wrap_errors(method: F) -> F:
         try:
             return method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("redis unavailable", extra={"error": str(exc)})
+            # Callers report outages (a 503, or the job's one line per outage): no flood here.
+            log.debug("redis unavailable", extra={"error": str(exc)})
             raise StoreUnavailable() from exc
         except redis.RedisError as exc:
             log.error("redis error", extra={"error": str(exc)}, exc_info=True)
