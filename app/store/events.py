@@ -79,5 +79,8 @@ class EventFeed:
             info = self.redis.xinfo_stream(self.key)
         except redis.ResponseError:  # no stream yet
             return False
-        deleted = info.get("max-deleted-entry-id")  # Redis 7.0 and newer
-        return bool(deleted) and _id_tuple(deleted) > _id_tuple(after)
+        # The cap trims the oldest entries: some after `after` are gone when entries were
+        # trimmed at all and the oldest kept one is newer than `after`.
+        first = info.get("first-entry")
+        trimmed = info.get("entries-added", info["length"]) > info["length"]
+        return trimmed and first is not None and _id_tuple(first[0]) > _id_tuple(after)
