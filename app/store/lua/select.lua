@@ -60,9 +60,10 @@ local function select_candidates(statuses)
   end
   if f.arch_key ~= '' then sources[#sources + 1] = f.arch_key end
   if f.location_key ~= '' then sources[#sources + 1] = f.location_key end
-  if #sources == 1 and f.gpu_key == '' then
+  if #sources == 1 then
+    -- Used as it is: the status intersections below sort by ID anyway.
     base = sources[1]
-  elseif #sources > 0 then
+  elseif #sources > 1 then
     -- Weights 0 make every score 0, so the result sorts by ID.
     local args = {'ZINTERSTORE', f.tmp_base, #sources}
     for _, key in ipairs(sources) do args[#args + 1] = key end
@@ -72,11 +73,18 @@ local function select_candidates(statuses)
     sel.scratch[#sel.scratch + 1] = f.tmp_base
     base = f.tmp_base
   end
+  local base_by_id = base ~= nil and (#sources > 1 or f.gpu_key == '')
 
   -- 2. One part per stored status wanted: disjoint, since a provider has one stored status.
   local wanted, part_of, any_status, i = {}, {}, true, 0
   for status in string.gmatch(statuses, '[^,]+') do wanted[status] = true; any_status = false end
   if any_status then
+    if base and not base_by_id then
+      -- A GPU index is scored by VRAM: copy it with scores 0 to page it by ID.
+      redis.call('ZINTERSTORE', f.tmp_base, 1, base, 'WEIGHTS', 0)
+      sel.scratch[#sel.scratch + 1] = f.tmp_base
+      base = f.tmp_base
+    end
     sel.parts[1] = base or ctx.providers
   else
     for status in pairs(wanted) do
