@@ -120,6 +120,32 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """What a heartbeat answers: the provider's status and lease after it."""
+
+    provider_id: str
+    status: str
+    last_seen_at_ms: int
+    lease_expires_at_ms: int
+    version: int
+    now_ms: int
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.version}"'
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the heartbeat's answer as the API shows it."""
+        return {
+            "id": self.provider_id,
+            "status": self.status,
+            "last_seen_at": rfc3339(self.last_seen_at_ms),
+            "lease_expires_at": rfc3339(self.lease_expires_at_ms),
+            "version": self.version,
+        }
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of a query: the providers, the total that matched, and the next cursor."""
 

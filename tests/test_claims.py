@@ -213,9 +213,8 @@ def test_lapsed_lease_ends_the_claim(make_app):
     assert providers.get(provider_id)["status"] == "offline"
     Sweeper(app.extensions[EXTENSION].store, interval_s=0.1).sweep_once()
 
-    back = providers.heartbeat(provider_id)
-    assert back["status"] == "idle"
-    assert back["claim"] is None
+    assert providers.heartbeat(provider_id)["status"] == "idle"
+    assert providers.get(provider_id)["claim"] is None
     assert event_types(client, provider_id)[-3:] == ["claim_released", "offline", "online"]
 
 

@@ -12,12 +12,13 @@ from .filters import filters_from
 from .parsing import json_body
 
 bp = Blueprint("claims", __name__)
+CLAIM, CLAIM_ID = ClaimSchema(), ClaimIdSchema()
 
 
 @bp.post("/providers/claim")
 def claim() -> Response:
     """Claim `count` live, idle providers matching the filters, all or nothing."""
-    data = json_body(ClaimSchema())
+    data = json_body(CLAIM)
     granted = current_registry().claims.claim(
         filters_from(data), data["count"], data["claim_ttl_s"], data["claimant"]
     )
@@ -37,19 +38,19 @@ def _claim_reply(provider: Provider, now: int) -> tuple[Response, int, dict[str,
 @bp.post("/providers/<uuid:provider_id>/claim/renew")
 def renew(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Extend an unconfirmed claim by its TTL."""
-    claim_id = str(json_body(ClaimIdSchema())["claim_id"])
+    claim_id = str(json_body(CLAIM_ID)["claim_id"])
     return _claim_reply(*current_registry().claims.renew(str(provider_id), claim_id))
 
 
 @bp.post("/providers/<uuid:provider_id>/claim/confirm")
 def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Confirm a claim: the job started; it lasts until released or the provider goes offline."""
-    claim_id = str(json_body(ClaimIdSchema())["claim_id"])
+    claim_id = str(json_body(CLAIM_ID)["claim_id"])
     return _claim_reply(*current_registry().claims.confirm(str(provider_id), claim_id))
 
 
 @bp.post("/providers/<uuid:provider_id>/release")
 def release(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """End a claim; the provider is idle again."""
-    claim_id = str(json_body(ClaimIdSchema())["claim_id"])
+    claim_id = str(json_body(CLAIM_ID)["claim_id"])
     return _claim_reply(*current_registry().claims.release(str(provider_id), claim_id))

@@ -8,6 +8,7 @@ from ..schemas import EventsQuerySchema
 from .parsing import query_args
 
 bp = Blueprint("events", __name__)
+EVENTS_QUERY = EventsQuerySchema()
 
 
 @bp.get("/providers/events")
@@ -16,7 +17,7 @@ def events() -> Response:
 
     Without `after`: no events, only the current position to ask from next.
     """
-    args = query_args(EventsQuerySchema())
+    args = query_args(EVENTS_QUERY)
     feed = current_registry().events
     if "after" not in args:
         return jsonify({"events": [], "next": feed.position()})

@@ -13,6 +13,9 @@ from .filters import decode_cursor, encode_cursor, filters_from
 from .parsing import json_body, query_args
 
 bp = Blueprint("providers", __name__)
+# Schemas hold no request state: one instance each serves every request.
+REGISTER, HEARTBEAT = RegisterSchema(), HeartbeatSchema()
+DETAILS, LIST_QUERY = ProviderDetailsSchema(), ListQuerySchema()
 
 
 def _location(provider_id: str) -> str:
@@ -23,7 +26,7 @@ def _location(provider_id: str) -> str:
 def register_provider() -> tuple[Response, int, dict[str, str]]:
     """Register a provider, or refresh the one whose `id` the daemon kept."""
     registry = current_registry()
-    data = json_body(RegisterSchema())
+    data = json_body(REGISTER)
     provider_id = data.pop("id", None) or str(uuid.uuid4())
     status = data.pop("status", None) or "idle"
     provider, created, now = registry.store.register(provider_id, data, status)
@@ -37,17 +40,17 @@ def register_provider() -> tuple[Response, int, dict[str, str]]:
 def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Renew the lease; optionally set the status and report live GPU metrics."""
     registry = current_registry()
-    data = json_body(HeartbeatSchema(), optional=True)
-    provider, now = registry.store.heartbeat(
+    data = json_body(HEARTBEAT, optional=True)
+    lease = registry.store.heartbeat(
         str(provider_id), data.get("status"), data.get("gpu_metrics"), if_match_versions()
     )
-    return jsonify(provider.to_json(now) | registry.rhythm()), 200, {"ETag": provider.etag}
+    return jsonify(lease.to_json() | registry.rhythm()), 200, {"ETag": lease.etag}
 
 
 @bp.put("/providers/<uuid:provider_id>")
 def update_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Replace a provider's details; status and lease are untouched."""
-    data = json_body(ProviderDetailsSchema())
+    data = json_body(DETAILS)
     provider, now = current_registry().store.update(str(provider_id), data, if_match_versions())
     return jsonify(provider.to_json(now)), 200, {"ETag": provider.etag}
 
@@ -69,7 +72,7 @@ def delete_provider(provider_id: uuid.UUID) -> tuple[str, int]:
 @bp.get("/providers")
 def list_providers() -> tuple[Response, int, dict[str, str]]:
     """List providers that match the filters, one page at a time, in a stable order."""
-    args = query_args(ListQuerySchema(), repeatable=("status",))
+    args = query_args(LIST_QUERY, repeatable=("status",))
     filters = filters_from(args, statuses=tuple(dict.fromkeys(args["status"])))
     cursor = decode_cursor(args["cursor"], bool(filters.sort)) if "cursor" in args else None
     page = current_registry().store.query(filters, args["limit"], cursor)

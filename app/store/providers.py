@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from ..errors import ProviderNotFound, VersionMismatch
-from ..models import DETAIL_FIELDS, Filters, Page, Provider, Transition
+from ..models import DETAIL_FIELDS, Filters, Lease, Page, Provider, Transition
 from .keys import STATUSES, Keys, canonical_name, fold_name
 from .scripts import ScriptContext, load_script, pairs, wrap_errors
 
@@ -144,7 +144,7 @@ class ProviderStore:
         status: str | None = None,
         gpu_metrics: list[dict[str, Any]] | None = None,
         if_match: str = "",
-    ) -> tuple[Provider, int]:
+    ) -> Lease:
         """Renew a provider's lease, set its status, merge live GPU metrics by position.
 
         Raises:
@@ -155,10 +155,15 @@ class ProviderStore:
         if gpu_metrics:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
             metrics = _dumps(live)
-        code, now, flat = self._run(
+        code, now, fields = self._run(
             self._heartbeat, [], [provider_id, self.lease_ttl_ms, status or "", metrics, if_match]
         )
-        return self._checked(provider_id, code, flat), now
+        if code == NOT_FOUND:
+            raise ProviderNotFound(provider_id)
+        stored, last_seen, deadline, version = fields
+        if code == VERSION_MISMATCH:
+            raise VersionMismatch(int(version))
+        return Lease(provider_id, stored, int(last_seen), int(deadline), int(version), now)
 
     def _checked(self, provider_id: str, code: int, flat: list[str]) -> Provider:
         if code == NOT_FOUND:

@@ -4,15 +4,18 @@
 -- ARGV[5] provider ID    ARGV[6] lease TTL in ms    ARGV[7] new status, or "" to keep it
 -- ARGV[8] GPU metrics as a JSON list matched to the GPUs by position, or ""
 -- ARGV[9] If-Match versions ("" for any)
--- Returns {code, now_ms, the provider hash as a flat list}: code 1 renewed, -1 no such
--- provider, -3 If-Match failed.
+-- Returns {code, now_ms, {status, last_seen_at, lease_expires_at, version}}: code 1 renewed,
+-- -1 no such provider, -3 If-Match failed (a heartbeat answers little: it is the hot path).
 local a = CTX_ARGS
 local id, ttl, wanted, metrics, if_match =
   ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
 
 local h = read_state(id)
 if not h then return {-1, ctx.now, {}} end
-if not version_matches(h, if_match) then return {-3, ctx.now, reply(id)} end
+local function ack()
+  return redis.call('HMGET', hkey(id), 'status', 'last_seen_at', 'lease_expires_at', 'version')
+end
+if not version_matches(h, if_match) then return {-3, ctx.now, ack()} end
 
 -- A lease or claim that lapsed before this heartbeat is written to the feed first.
 settle(id, h)
@@ -59,4 +62,4 @@ if metrics ~= '' then
   mark_irregular(id, redis.call('HGET', hkey(id), 'gpu_keys'), gpus)
 end
 
-return {1, ctx.now, reply(id)}
+return {1, ctx.now, ack()}
