@@ -40,7 +40,7 @@ class ClaimStore:
         """
         store = self.providers
         claim_id = str(uuid.uuid4())
-        code, now, *rest = store._run(
+        code, now, *rest = store.run_script(
             self._claim,
             store.filter_keys(filters),
             [*store.filter_args(filters), count, ttl_s * 1000, claimant, claim_id],
@@ -69,7 +69,7 @@ class ClaimStore:
 
     @wrap_errors
     def _apply(self, provider_id: str, op: str, claim_id: str) -> tuple[Provider, int]:
-        code, now, flat = self.providers._run(self._op, [], [provider_id, op, claim_id])
+        code, now, flat = self.providers.run_script(self._op, [], [provider_id, op, claim_id])
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == CLAIM_MISMATCH:

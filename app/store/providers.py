@@ -93,7 +93,8 @@ class ProviderStore:
         self._sweep = load_script(client, "sweep")
         self._query = load_script(client, "query", "select")
 
-    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`."""
         return script(keys=self.ctx.keys + keys, args=self.ctx.args + args)
 
     def _detail_args(self, details: dict[str, Any]) -> list[Any]:
@@ -119,7 +120,7 @@ class ProviderStore:
         Returns:
             The provider, whether it was created, and the server time in ms.
         """
-        code, now, flat = self._run(
+        code, now, flat = self.run_script(
             self._write, [], [provider_id, "register", self.lease_ttl_ms, status, "", *self._detail_args(details)]
         )
         return Provider.from_hash(pairs(flat)), code == 1, now
@@ -132,7 +133,7 @@ class ProviderStore:
             ProviderNotFound: no provider has this ID.
             VersionMismatch: `if_match` (comma list of versions) does not hold the version.
         """
-        code, now, flat = self._run(
+        code, now, flat = self.run_script(
             self._write, [], [provider_id, "update", self.lease_ttl_ms, "", if_match, *self._detail_args(details)]
         )
         return self._checked(provider_id, code, flat), now
@@ -155,7 +156,7 @@ class ProviderStore:
         if gpu_metrics:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
             metrics = _dumps(live)
-        code, now, fields = self._run(
+        code, now, fields = self.run_script(
             self._heartbeat, [], [provider_id, self.lease_ttl_ms, status or "", metrics, if_match]
         )
         if code == NOT_FOUND:
@@ -196,7 +197,7 @@ class ProviderStore:
             ProviderNotFound: no provider has this ID.
             VersionMismatch: `if_match` does not hold the provider's version.
         """
-        code, version = self._run(self._delete, [], [provider_id, if_match])
+        code, version = self.run_script(self._delete, [], [provider_id, if_match])
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == VERSION_MISMATCH:
@@ -238,7 +239,7 @@ class ProviderStore:
         is the (ID, sort value) of the last provider of the previous page.
         """
         cursor_id, cursor_value = cursor if cursor else ("", None)
-        now, total, has_more, *rows = self._run(
+        now, total, has_more, *rows = self.run_script(
             self._query,
             self.filter_keys(filters),
             [*self.filter_args(filters), limit, cursor_id, "" if cursor_value is None else cursor_value],
@@ -257,7 +258,7 @@ class ProviderStore:
         Returns:
             The status transitions made, and whether more lapsed entries may be waiting.
         """
-        now, found, *flat = self._run(self._sweep, [], [batch])
+        now, found, *flat = self.run_script(self._sweep, [], [batch])
         transitions = [
             Transition(provider_id=flat[i], previous_status=flat[i + 1], status=flat[i + 2])
             for i in range(0, len(flat), 3)
