@@ -41,8 +41,17 @@ def _jobs(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
-    JobRunner(settings, parent_pid=args.parent_pid).run()
+    JobRunner(settings, parent_pid=args.parent_pid, bound_port=args.port).run()
     return 0
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    from .jobs.consul import local_health_url, probe_health
+
+    settings = settings_or_exit()
+    healthy, note = probe_health(local_health_url(settings, settings.port), args.timeout)
+    print(note)
+    return 0 if healthy else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     jobs = commands.add_parser("jobs", help="run the background jobs (the gunicorn master starts this)")
     jobs.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    jobs.add_argument("--port", type=int, help="the port gunicorn bound (default: the setting)")
     jobs.set_defaults(func=_jobs)
+    healthcheck = commands.add_parser(
+        "healthcheck", help="exit 0 when this host's registry answers /health with 200 (container HEALTHCHECK)"
+    )
+    healthcheck.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
+    healthcheck.set_defaults(func=_healthcheck)
     return parser
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,10 +55,34 @@ class Settings:
     events_max_len: int = field(
         default=100_000, metadata=_doc("events kept in the change feed (approximately)")
     )
+    consul_enabled: bool = field(
+        default=True, metadata=_doc("register in Consul; an unreachable agent never stops serving")
+    )
     consul_address: str = field(default="127.0.0.1:8500", metadata=_doc("Consul agent host:port"))
     service_name: str = field(default="provider-registry", metadata=_doc("name in Consul"))
     service_id_prefix: str = field(
-        default="provider-registry-", metadata=_doc("Consul service ID prefix")
+        default="provider-registry-", metadata=_doc("Consul service ID prefix; <host>-<port> follows")
+    )
+    consul_tags: list[str] = field(default_factory=list, metadata=_doc("tags of the Consul service"))
+    advertise_address: str = field(
+        default="", metadata=_doc("address registered in Consul; empty: this host's address")
+    )
+    advertise_port: int = field(
+        default=0, metadata=_doc("port registered in Consul; 0: the port gunicorn bound")
+    )
+    consul_check: str = field(
+        default="http", metadata=_doc("http (Consul polls /health) or ttl (the instance reports)")
+    )
+    consul_check_interval: str = field(default="10s", metadata=_doc("HTTP check interval"))
+    consul_check_timeout: str = field(default="2s", metadata=_doc("HTTP check timeout"))
+    consul_deregister_after: str = field(
+        default="1m", metadata=_doc("Consul removes the service after its check is critical this long")
+    )
+    consul_ttl: str = field(
+        default="15s", metadata=_doc("TTL check: critical unless passed within this time")
+    )
+    consul_resync_interval: str = field(
+        default="30s", metadata=_doc("how often to make sure the agent still knows the service")
     )
     database_url: str = field(default="", metadata=_doc("PostgreSQL URL for snapshots"))
 
@@ -136,8 +161,9 @@ def _check(settings: Settings) -> None:
     def bad(message: str) -> ConfigError:
         return ConfigError(message)
 
-    if not 1 <= settings.port <= 65535:
-        raise bad(f"port must be between 1 and 65535, got {settings.port}")
+    # Port 0 lets the OS choose; Consul is then told the port gunicorn actually bound.
+    if not 0 <= settings.port <= 65535:
+        raise bad(f"port must be between 0 and 65535, got {settings.port}")
     if settings.workers < 1:
         raise bad(f"workers must be at least 1, got {settings.workers}")
     if settings.log_level.lower() not in LOG_LEVELS:
@@ -163,6 +189,60 @@ def _check(settings: Settings) -> None:
         raise bad(f"events_max_len must be at least 1, got {settings.events_max_len}")
     if settings.threads < 1:
         raise bad(f"threads must be at least 1, got {settings.threads}")
+    _check_consul(settings)
+
+
+CONSUL_CHECKS = ("http", "ttl")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds of a Go duration as Consul writes it ("10s", "1m", "1m30s", "500ms").
+
+    Raises:
+        ValueError: the text is not such a duration.
+    """
+    if not _DURATION.match(text):
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+def split_address(address: str) -> tuple[str, str, int]:
+    """Split a Consul address, `host:port` or `scheme://host:port`, into its three parts.
+
+    Raises:
+        ValueError: no host or no valid port.
+    """
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise ValueError(f"not host:port: {address!r}")
+    return parts.scheme, parts.hostname, parts.port
+
+
+def _check_consul(settings: Settings) -> None:
+    try:
+        split_address(settings.consul_address)
+    except ValueError:
+        raise ConfigError(
+            f"consul_address must be host:port, got {settings.consul_address!r}"
+        ) from None
+    if settings.consul_check not in CONSUL_CHECKS:
+        raise ConfigError(
+            f"consul_check must be one of {', '.join(CONSUL_CHECKS)}, got {settings.consul_check!r}"
+        )
+    if not 0 <= settings.advertise_port <= 65535:
+        raise ConfigError(f"advertise_port must be between 0 and 65535, got {settings.advertise_port}")
+    for name in ("consul_check_interval", "consul_check_timeout", "consul_deregister_after",
+                 "consul_ttl", "consul_resync_interval"):
+        value = getattr(settings, name)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            raise ConfigError(f"{name} must be a duration such as 10s or 1m, got {value!r}") from None
+        if seconds <= 0:
+            raise ConfigError(f"{name} must be positive, got {value!r}")
 
 
 def default_yaml() -> str:

@@ -1,15 +1,18 @@
 """gunicorn settings, read from the registry's own configuration.
 
-Background jobs (the lease sweeper, and the other jobs) run in one child process that the
-master starts when it is ready: once per instance, however many workers serve.
+Background jobs (the lease sweeper, Consul registration) run in one child process that the
+master starts when it is ready: once per instance, however many workers serve. On SIGTERM the
+instance leaves Consul first, then the workers finish their requests and close Redis.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 
 from app.cli import settings_or_exit
+from app.registry import EXTENSION, package_version
 
 _settings = settings_or_exit()
 
@@ -46,19 +49,74 @@ logconfig_dict = {
 }
 
 _jobs: subprocess.Popen[bytes] | None = None
+# How long the master waits, on a stop signal, for the jobs process to leave Consul and exit.
+JOBS_STOP_TIMEOUT_S = 10.0
+startup_log = logging.getLogger("app.startup")
+
+
+def bound_port(server) -> int:  # type: ignore[no-untyped-def]
+    """Return the TCP port gunicorn actually bound (port 0 asks the OS to choose one)."""
+    for listener in server.LISTENERS:
+        address = listener.getsockname()
+        if isinstance(address, tuple):
+            return int(address[1])
+    return _settings.port
 
 
 def when_ready(server) -> None:  # type: ignore[no-untyped-def]
-    """Start the background jobs process, once for this instance."""
+    """Log the configuration, start the jobs process once, and leave Consul first on stop."""
     global _jobs
+    port = bound_port(server)
+    startup_log.info(
+        "provider-registry starting",
+        extra={"version": package_version(), "bound_port": port, "config": _settings.public_dict()},
+    )
     _jobs = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "jobs", "--parent-pid", str(os.getpid())]
+        [sys.executable, "-m", "app.cli", "jobs", "--parent-pid", str(os.getpid()), "--port", str(port)]
     )
     server.log.info("background jobs process started (pid %s)", _jobs.pid)
+    # gunicorn has no hook between a stop signal and the workers being told to stop:
+    # handle_term (SIGTERM) and handle_int/handle_quit (SIGINT/SIGQUIT) run in the master's
+    # loop and then close the listeners and signal the workers. Wrapping them is the earliest
+    # point gunicorn lets us act, so Consul stops routing here while the workers still finish
+    # their requests. The jobs process deregisters as the first step of stopping and never
+    # registers again; its exit is the master's acknowledgement.
+    for name in ("handle_term", "handle_int", "handle_quit"):
+        setattr(server, name, _leaving_consul_first(server, getattr(server, name)))
+
+
+def _leaving_consul_first(server, handler):  # type: ignore[no-untyped-def]
+    def handle() -> None:
+        stop_jobs(server)
+        handler()
+
+    return handle
+
+
+def stop_jobs(server) -> None:  # type: ignore[no-untyped-def]
+    """Stop the jobs process (it deregisters from Consul first) and wait, within a bound."""
+    if _jobs is None or _jobs.poll() is not None:
+        return
+    _jobs.terminate()
+    try:
+        _jobs.wait(timeout=JOBS_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        server.log.warning("background jobs process still stopping; going on with the shutdown")
+    else:
+        server.log.info("background jobs process stopped")
+
+
+def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """Close the worker's Redis connections once it has finished its requests."""
+    app = getattr(worker, "wsgi", None)
+    registry = getattr(app, "extensions", {}).get(EXTENSION)
+    if registry is not None:
+        registry.close()
+        server.log.info("worker %s closed its redis connections", worker.pid)
 
 
 def on_exit(server) -> None:  # type: ignore[no-untyped-def]
-    """Stop the background jobs process with the master."""
+    """Stop the background jobs process with the master, if a stop signal has not already."""
     if _jobs is not None and _jobs.poll() is None:
         _jobs.terminate()
         try:

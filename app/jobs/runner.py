@@ -1,7 +1,7 @@
 """The jobs process: runs the background jobs of one instance until told to stop.
 
-The gunicorn master starts it once (not once per worker) and stops it on shutdown; it also
-exits by itself when the master disappears.
+The gunicorn master starts it once (not once per worker), passing the port it bound, and stops
+it on shutdown; it also exits by itself when the master disappears.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Protocol
 
 from ..config import Settings
 from ..registry import Registry
+from .consul import ConsulRegistration
 from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,18 @@ class Job(Protocol):
 class JobRunner:
     """Run jobs in threads; stop them all on SIGTERM/SIGINT or when the parent dies."""
 
-    def __init__(self, settings: Settings, parent_pid: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, parent_pid: int | None = None, bound_port: int | None = None
+    ) -> None:
         self.settings = settings
         self.parent_pid = parent_pid
         self.registry = Registry.from_settings(settings)
-        self.jobs: list[Job] = [Sweeper(self.registry.store, settings.sweep_interval_s)]
+        self.jobs: list[Job] = []
+        if settings.consul_enabled:
+            # First, so that on stop the instance leaves Consul before anything else winds down.
+            port = bound_port or settings.port
+            self.jobs.append(ConsulRegistration(settings, port, self.registry.version))
+        self.jobs.append(Sweeper(self.registry.store, settings.sweep_interval_s))
         self._stop = threading.Event()
 
     def stop(self) -> None:
