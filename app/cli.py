@@ -41,7 +41,9 @@ def _jobs(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
-    JobRunner(settings, parent_pid=args.parent_pid, bound_port=args.port).run()
+    JobRunner(
+        settings, parent_pid=args.parent_pid, bound_port=args.port, left_consul_fd=args.left_consul_fd
+    ).run()
     return 0
 
 
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = commands.add_parser("jobs", help="run the background jobs (the gunicorn master starts this)")
     jobs.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     jobs.add_argument("--port", type=int, help="the port gunicorn bound (default: the setting)")
+    jobs.add_argument(
+        "--left-consul-fd", type=int, help="file descriptor to write one byte to once out of Consul"
+    )
     jobs.set_defaults(func=_jobs)
     healthcheck = commands.add_parser(
         "healthcheck", help="exit 0 when this host's registry answers /health with 200 (container HEALTHCHECK)"

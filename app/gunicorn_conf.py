@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import subprocess
 import sys
 
@@ -49,8 +50,10 @@ logconfig_dict = {
 }
 
 _jobs: subprocess.Popen[bytes] | None = None
-# How long the master waits, on a stop signal, for the jobs process to leave Consul and exit.
-JOBS_STOP_TIMEOUT_S = 10.0
+_left_consul = -1  # Read end of the pipe on which the jobs process says it has left Consul.
+# How long the master waits, on a stop signal, for the jobs process to leave Consul (the agent
+# call itself times out after 3 s).
+JOBS_LEAVE_TIMEOUT_S = 5.0
 startup_log = logging.getLogger("app.startup")
 
 
@@ -65,22 +68,28 @@ def bound_port(server) -> int:  # type: ignore[no-untyped-def]
 
 def when_ready(server) -> None:  # type: ignore[no-untyped-def]
     """Log the configuration, start the jobs process once, and leave Consul first on stop."""
-    global _jobs
+    global _jobs, _left_consul
     port = bound_port(server)
     startup_log.info(
         "provider-registry starting",
         extra={"version": package_version(), "bound_port": port, "config": _settings.public_dict()},
     )
+    _left_consul, write_end = os.pipe()
     _jobs = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "jobs", "--parent-pid", str(os.getpid()), "--port", str(port)]
+        [
+            sys.executable, "-m", "app.cli", "jobs", "--parent-pid", str(os.getpid()),
+            "--port", str(port), "--left-consul-fd", str(write_end),
+        ],
+        pass_fds=(write_end,),
     )
+    os.close(write_end)
     server.log.info("background jobs process started (pid %s)", _jobs.pid)
     # gunicorn has no hook between a stop signal and the workers being told to stop:
     # handle_term (SIGTERM) and handle_int/handle_quit (SIGINT/SIGQUIT) run in the master's
     # loop and then close the listeners and signal the workers. Wrapping them is the earliest
     # point gunicorn lets us act, so Consul stops routing here while the workers still finish
     # their requests. The jobs process deregisters as the first step of stopping and never
-    # registers again; its exit is the master's acknowledgement.
+    # registers again, then writes to the pipe (which also reads as ready if it dies).
     for name in ("handle_term", "handle_int", "handle_quit"):
         setattr(server, name, _leaving_consul_first(server, getattr(server, name)))
 
@@ -94,16 +103,15 @@ def _leaving_consul_first(server, handler):  # type: ignore[no-untyped-def]
 
 
 def stop_jobs(server) -> None:  # type: ignore[no-untyped-def]
-    """Stop the jobs process (it deregisters from Consul first) and wait, within a bound."""
+    """Tell the jobs process to stop and wait, within a bound, until it has left Consul."""
     if _jobs is None or _jobs.poll() is not None:
         return
     _jobs.terminate()
-    try:
-        _jobs.wait(timeout=JOBS_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        server.log.warning("background jobs process still stopping; going on with the shutdown")
+    ready, _, _ = select.select([_left_consul], [], [], JOBS_LEAVE_TIMEOUT_S)
+    if ready:
+        server.log.info("instance left consul; stopping workers")
     else:
-        server.log.info("background jobs process stopped")
+        server.log.warning("jobs process has not left consul in time; stopping workers anyway")
 
 
 def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]

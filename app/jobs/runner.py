@@ -25,13 +25,21 @@ class Job(Protocol):
 
 
 class JobRunner:
-    """Run jobs in threads; stop them all on SIGTERM/SIGINT or when the parent dies."""
+    """Run jobs in threads; stop them all on SIGTERM/SIGINT or when the parent dies.
+
+    Stopping leaves Consul first and says so on `left_consul_fd`, for the master waiting on it.
+    """
 
     def __init__(
-        self, settings: Settings, parent_pid: int | None = None, bound_port: int | None = None
+        self,
+        settings: Settings,
+        parent_pid: int | None = None,
+        bound_port: int | None = None,
+        left_consul_fd: int | None = None,
     ) -> None:
         self.settings = settings
         self.parent_pid = parent_pid
+        self.left_consul_fd = left_consul_fd
         self.registry = Registry.from_settings(settings)
         self.jobs: list[Job] = []
         if settings.consul_enabled:
@@ -56,9 +64,28 @@ class JobRunner:
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 log.warning("parent process gone; stopping background jobs")
                 break
-        for job in self.jobs:
-            job.stop()
-        for thread in threads:
-            thread.join(timeout=10)
+        running = list(zip(self.jobs, threads))
+        leaving = [(job, thread) for job, thread in running if isinstance(job, ConsulRegistration)]
+        self._stop_jobs(leaving)
+        self._announce_left_consul()
+        self._stop_jobs([pair for pair in running if pair not in leaving])
         self.registry.close()
         log.info("background jobs stopped")
+
+    @staticmethod
+    def _stop_jobs(running: list[tuple[Job, threading.Thread]]) -> None:
+        for job, _ in running:
+            job.stop()
+        for _, thread in running:
+            thread.join(timeout=10)
+
+    def _announce_left_consul(self) -> None:
+        """Tell the master the instance has left Consul, so that it can stop the workers."""
+        if self.left_consul_fd is None:
+            return
+        try:
+            os.write(self.left_consul_fd, b"1")
+            os.close(self.left_consul_fd)
+        except OSError:
+            pass  # The master is gone or stopped waiting: nobody to tell.
+        self.left_consul_fd = None
