@@ -155,7 +155,7 @@ def test_consul_down_at_start_serves_anyway_warns_once_and_registers_when_it_com
 
     agent.start()
     assert wait_until(lambda: agent.services, timeout=20)
-    assert "consul agent reachable again" in registry.messages()
+    assert wait_until(lambda: "consul agent reachable again" in registry.messages())
 
 
 def test_agent_restarted_without_state_gets_the_service_registered_again(serve, agent):
