@@ -26,6 +26,8 @@ class GunicornServer:
             "REGISTRY_PORT": str(self.port),
             "REGISTRY_BIND_HOST": "127.0.0.1",
             "REGISTRY_REDIS_URL": redis_url,
+            # Never register test instances with whatever Consul agent this machine may run.
+            "REGISTRY_CONSUL_ENABLED": "false",
             **{f"REGISTRY_{key.upper()}": str(value) for key, value in settings.items()},
         }
         self.log_path = self.dir / "server.log"

@@ -55,6 +55,9 @@ class RegistryProcess:
         startup = self.wait_for_log(lambda r: "bound_port" in r, timeout)
         assert startup is not None, f"registry did not start:\n{self.log_text()}"
         self.port = startup["bound_port"]
+        # Also keeps teardown quick: a gevent worker signalled while it boots ignores SIGTERM
+        # and is only killed after gunicorn's graceful timeout.
+        self.wait_serving(timeout)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"

@@ -57,7 +57,6 @@ def serve(tmp_path, redis_db, redis_server, agent) -> Iterator:
 
 def test_instance_with_three_workers_registers_one_service_on_the_port_it_bound(serve, agent):
     registry = serve(workers=3, consul_tags="gpu,api")
-    registry.wait_serving()
     assert wait_until(lambda: agent.services, timeout=15)
     # Every worker is up and serving; still one registration for the instance.
     assert wait_until(lambda: sum("Booting worker" in m for m in registry.messages()) == 3, timeout=15)
@@ -96,7 +95,6 @@ def test_sigterm_deregisters_first_then_in_flight_requests_finish_and_redis_clos
     serve, agent, redis_db
 ):
     registry = serve(workers=2, redis_timeout_s=10)
-    registry.wait_serving()
     assert wait_until(lambda: agent.services, timeout=15)
     service_id = next(iter(agent.services))
 
@@ -147,7 +145,6 @@ def test_sigint_deregisters_the_instance_too(serve, agent):
 def test_consul_down_at_start_serves_anyway_warns_once_and_registers_when_it_comes_up(serve, agent):
     agent.stop()
     registry = serve()
-    registry.wait_serving()
     assert wait_until(lambda: any("unreachable" in m for m in registry.messages()), timeout=15)
     time.sleep(1.5)  # The first retry comes 1 s after the warning, and warns no more.
     assert sum("consul agent unreachable" in m for m in registry.messages()) == 1
@@ -187,7 +184,6 @@ def test_ttl_check_passes_while_health_answers_and_stops_when_redis_is_down(serv
 
 def test_healthcheck_command_exits_zero_only_while_the_instance_is_healthy(serve, agent, redis_server):
     registry = serve(consul_enabled="false")
-    registry.wait_serving()
     assert agent.calls == []  # Consul disabled: not a single call to the agent.
 
     def healthcheck() -> int:
