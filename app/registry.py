@@ -9,7 +9,7 @@ from flask import current_app
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .config import Settings
+from .config import Settings, parse_duration
 from .store import CapacityStore, ClaimStore, EventFeed, Keys, ProviderStore
 
 EXTENSION = "provider_registry"
@@ -27,17 +27,24 @@ def package_version() -> str:
 MAX_WAIT_S = 30
 
 
-def redis_client(settings: Settings, socket_timeout: float | None = None) -> redis.Redis:
+def redis_client(
+    settings: Settings, socket_timeout: float | None = None, connect_timeout: float | None = None
+) -> redis.Redis:
     """Build a Redis client that fails fast, so that an outage is a quick 503, not a hang."""
     return redis.Redis.from_url(
         settings.redis_url,
         decode_responses=True,
         socket_timeout=socket_timeout or settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=connect_timeout or settings.redis_timeout_s,
         # One immediate retry replaces a pooled connection that died with a restarted Redis.
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+
+
+def health_timeout_s(settings: Settings) -> float:
+    """Return the Redis timeout of /health: with its one retry, half Consul's check timeout."""
+    return min(settings.redis_timeout_s, parse_duration(settings.consul_check_timeout) / 4)
 
 
 @dataclass
@@ -47,6 +54,8 @@ class Registry:
     settings: Settings
     redis: redis.Redis
     blocking_redis: redis.Redis
+    # /health's own client: a hung Redis must not make Consul's check time out instead of fail.
+    health_redis: redis.Redis
     store: ProviderStore
     claims: ClaimStore
     events: EventFeed
@@ -65,6 +74,9 @@ class Registry:
             settings=settings,
             redis=client,
             blocking_redis=blocking,
+            health_redis=redis_client(
+                settings, socket_timeout=health_timeout_s(settings), connect_timeout=health_timeout_s(settings)
+            ),
             store=store,
             claims=ClaimStore(store),
             events=EventFeed(client, blocking, keys),
@@ -83,6 +95,7 @@ class Registry:
         """Close the Redis connections."""
         self.redis.close()
         self.blocking_redis.close()
+        self.health_redis.close()
 
 
 def current_registry() -> Registry:

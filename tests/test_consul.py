@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import socket
 import threading
+import time
 from typing import Iterator
 
 import consul
@@ -336,6 +337,33 @@ def test_ttl_check_the_agent_forgot_is_registered_again_at_the_next_report(
         and agent.check(job.definition.check_id).status == "passing",
         timeout=5,
     )
+
+
+# /health, as Consul's check needs it --------------------------------------------------------
+
+
+def test_health_answers_200_while_redis_answers_and_503_once_it_is_gone(client, redis_server):
+    assert client.get("/health").status_code == 200
+    redis_server.stop()
+    try:
+        response = client.get("/health")
+        assert response.status_code == 503
+        assert response.get_json()["redis"] == "unreachable"
+    finally:
+        redis_server.start()
+
+
+def test_health_gives_up_on_a_hung_redis_well_before_the_check_timeout(client, redis_db, settings):
+    check_timeout_s = parse_duration(settings.consul_check_timeout)
+    assert client.get("/health").status_code == 200
+    # Redis accepts and reads, and answers nothing for longer than the check timeout.
+    redis_db.client_pause(int(check_timeout_s * 1250), all=True)
+    started = time.monotonic()
+    response = client.get("/health")
+    elapsed = time.monotonic() - started
+    # A 503 Consul can read, not a check timeout: PING and its retry share half the budget.
+    assert response.status_code == 503
+    assert elapsed < check_timeout_s
 
 
 # Discovery, as the scheduler does it ---------------------------------------------------------

@@ -14,7 +14,7 @@ def health() -> tuple[Response, int] | tuple[Response, int, dict[str, str]]:
     """Answer 200 when the instance can serve (Redis answers), 503 when it cannot."""
     registry = current_registry()
     try:
-        registry.store.ping()
+        registry.store.ping(registry.health_redis)
     except StoreUnavailable as exc:
         body = {"status": "unavailable", "redis": "unreachable", "version": registry.version}
         return jsonify(body), 503, {"Retry-After": str(exc.retry_after_s)}

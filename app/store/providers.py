@@ -266,6 +266,6 @@ class ProviderStore:
         return transitions, found >= batch
 
     @wrap_errors
-    def ping(self) -> None:
-        """Check that Redis answers."""
-        self.redis.ping()
+    def ping(self, client: redis.Redis | None = None) -> None:
+        """Check that Redis answers, on `client` (one with tighter timeouts) or the store's own."""
+        (client or self.redis).ping()
