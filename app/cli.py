@@ -21,12 +21,15 @@ def settings_or_exit() -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     from gunicorn.app.wsgiapp import run
 
-    from .local_redis import ensure_redis
     from .logs import configure_logging
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
     if args.local_redis:
+        # Only here: importing redis (and so ssl) in the master makes gevent workers warn that
+        # they patch ssl too late.
+        from .local_redis import ensure_redis
+
         process = ensure_redis(settings.redis_url, Path("var/redis"))
         if process is not None:
             atexit.register(process.terminate)

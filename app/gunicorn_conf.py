@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from app.cli import settings_or_exit
-from app.registry import EXTENSION, package_version
+from app.version import package_version
 
 _settings = settings_or_exit()
 
@@ -116,6 +116,8 @@ def stop_jobs(server) -> None:  # type: ignore[no-untyped-def]
 
 def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
     """Close the worker's Redis connections once it has finished its requests."""
+    from app.registry import EXTENSION  # Not at the top: the master must not import redis.
+
     app = getattr(worker, "wsgi", None)
     registry = getattr(app, "extensions", {}).get(EXTENSION)
     if registry is not None:

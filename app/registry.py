@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata
 
 import redis
 from flask import current_app
@@ -11,16 +10,9 @@ from redis.retry import Retry
 
 from .config import Settings, parse_duration
 from .store import CapacityStore, ClaimStore, EventFeed, Keys, ProviderStore
+from .version import package_version
 
 EXTENSION = "provider_registry"
-
-
-def package_version() -> str:
-    """Return the installed version of the package."""
-    try:
-        return metadata.version("provider-registry")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 # The longest long poll of the event feed, in seconds.
