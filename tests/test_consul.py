@@ -330,7 +330,7 @@ def test_ttl_check_the_agent_forgot_is_registered_again_at_the_next_report(
 ):
     settings = dataclasses.replace(consul_settings, consul_check="ttl", consul_ttl="600ms", bind_host="127.0.0.1")
     job = run_registration(settings, port=registry_app_server)
-    assert wait_until(lambda: (agent.check(job.definition.check_id) or None) is not None)
+    assert wait_until(lambda: agent.check(job.definition.check_id) is not None)
     agent.restart_empty()
     assert wait_until(
         lambda: agent.check(job.definition.check_id) is not None
