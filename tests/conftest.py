@@ -144,3 +144,32 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+def redis_state(client: redis.Redis) -> dict[str, Any]:
+    """Every key of the database with its type and contents (not its TTL), to compare states."""
+    state: dict[str, Any] = {}
+    for key in client.keys("*"):
+        kind = client.type(key)
+        if kind == "hash":
+            value: Any = client.hgetall(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        else:
+            value = client.get(key)
+        state[key] = (kind, value)
+    return state
+
+
+def provider_index_keys(client: redis.Redis, provider_id: str) -> list[str]:
+    """Every key whose sorted set or set holds `provider_id`."""
+    found = []
+    for key in client.keys("*"):
+        kind = client.type(key)
+        if kind == "zset" and client.zscore(key, provider_id) is not None:
+            found.append(key)
+        elif kind == "set" and client.sismember(key, provider_id):
+            found.append(key)
+    return sorted(found)
