@@ -95,11 +95,9 @@ class StoreUnavailable(RegistryError):
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> tuple[Any, int]:
-    """Build the JSON error body every failure uses."""
-    body: dict[str, Any] = {"error": message, "code": code}
-    if details:
-        body["details"] = details
-    return jsonify(body), status
+    """Build the JSON error body every failure uses; `details` is always an object."""
+    # One shape for every error, so that clients decode it without checking for the key.
+    return jsonify({"error": message, "code": code, "details": details or {}}), status
 
 
 def _http_code(exc: HTTPException) -> str:

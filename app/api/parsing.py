@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import MalformedJSON, UnsupportedMediaType, ValidationFailed
 
@@ -30,6 +31,14 @@ def _validate(schema: Schema, data: Any, what: str) -> dict[str, Any]:
         ) from None
 
 
+def _reject_truncated(read: int) -> None:
+    # Without Content-Length (chunked), werkzeug stops reading at MAX_CONTENT_LENGTH and
+    # returns the first bytes as if they were the whole body: a byte past them means 413.
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and read >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+
+
 def json_body(schema: Schema, *, optional: bool = False) -> dict[str, Any]:
     """Parse the request's JSON object and load it with `schema`.
 
@@ -41,6 +50,7 @@ def json_body(schema: Schema, *, optional: bool = False) -> dict[str, Any]:
         ValidationFailed: the object does not fit the schema.
     """
     raw = request.get_data(cache=True)  # bounded by MAX_CONTENT_LENGTH: 413 past it
+    _reject_truncated(len(raw))
     if optional and not raw.strip():
         return _validate(schema, {}, "request body")
     if not request.is_json:
@@ -51,6 +61,9 @@ def json_body(schema: Schema, *, optional: bool = False) -> dict[str, Any]:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # 64 KiB of "[" nests deeper than the parser recurses: not a 500.
+        raise MalformedJSON("request body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise MalformedJSON("request body must be a JSON object")
     return _validate(schema, data, "request body")
