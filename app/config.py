@@ -6,6 +6,7 @@ environment variable names and the type checks from that declaration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -135,9 +136,13 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where} must be a number, got {value!r}") from None
+        # "inf" and "nan" parse, then fail later with a traceback (int(inf)) or never compare.
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return number
     if kind is list:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
@@ -172,8 +177,9 @@ def _check(settings: Settings) -> None:
         raise bad(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
     if not settings.key_prefix or any(c.isspace() for c in settings.key_prefix):
         raise bad(f"key_prefix must be non-empty and without spaces, got {settings.key_prefix!r}")
-    if settings.heartbeat_ttl_s <= 0:
-        raise bad(f"heartbeat_ttl_s must be positive, got {settings.heartbeat_ttl_s}")
+    # Leases are kept in whole milliseconds; under 1 ms is a zero TTL that Redis refuses.
+    if settings.heartbeat_ttl_s < 0.001:
+        raise bad(f"heartbeat_ttl_s must be at least 0.001, got {settings.heartbeat_ttl_s}")
     if not 0 < settings.heartbeat_interval_s < settings.heartbeat_ttl_s:
         raise bad(
             "heartbeat_interval_s must be positive and shorter than heartbeat_ttl_s "
@@ -285,6 +291,8 @@ def load_settings(
         loaded = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(loaded, dict):

@@ -1,0 +1,210 @@
+"""Configuration: defaults, the YAML file, REGISTRY_<KEY> overrides, and bad values."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.config import ConfigError, Settings, config_path, default_yaml, load_settings
+
+from .redis_server import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent / "provider-registry")
+
+# One valid non-default value per key, as it would be written in an environment variable.
+OVERRIDES = {
+    "port": ("9090", 9090),
+    "bind_host": ("127.0.0.1", "127.0.0.1"),
+    "workers": ("3", 3),
+    "threads": ("4", 4),
+    "log_level": ("debug", "debug"),
+    "redis_url": ("redis://127.0.0.1:6390/2", "redis://127.0.0.1:6390/2"),
+    "redis_timeout_s": ("0.25", 0.25),
+    "key_prefix": ("other:", "other:"),
+    "heartbeat_ttl_s": ("60", 60.0),
+    "heartbeat_interval_s": ("20.5", 20.5),
+    "sweep_interval_s": ("1", 1.0),
+    "consul_address": ("10.0.0.1:8500", "10.0.0.1:8500"),
+    "service_name": ("registry-b", "registry-b"),
+    "service_id_prefix": ("reg-b-", "reg-b-"),
+    "database_url": ("postgresql://u:p@127.0.0.1/db", "postgresql://u:p@127.0.0.1/db"),
+}
+
+
+def test_defaults_are_documented_values():
+    s = Settings()
+    assert (s.port, s.workers, s.log_level) == (8080, 2, "info")
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.key_prefix == "registry:"
+    assert (s.heartbeat_ttl_s, s.heartbeat_interval_s) == (30.0, 10.0)
+    assert s.consul_address == "127.0.0.1:8500"
+    assert s.service_name == "provider-registry"
+    assert s.service_id_prefix == "provider-registry-"
+    assert s.database_url == ""
+
+
+def test_missing_file_is_written_with_the_defaults(tmp_path):
+    path = tmp_path / "configs" / "config.yaml"
+    settings = load_settings(path=path, env={})
+    assert settings == Settings()
+    assert path.read_text() == default_yaml()
+    written = yaml.safe_load(path.read_text())
+    assert written == dataclasses.asdict(Settings())
+    # The original README's keys, then ours.
+    assert {"port", "log_level", "consul_address", "database_url", "service_name",
+            "service_id_prefix", "redis_url", "key_prefix", "heartbeat_ttl_s",
+            "heartbeat_interval_s", "workers"} <= set(written)
+
+
+def test_committed_config_file_is_the_default_file():
+    assert (REPO / "configs" / "config.yaml").read_text() == default_yaml()
+
+
+def test_existing_file_is_read_and_not_rewritten(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("port: 9000\nkey_prefix: 'b:'\n")
+    settings = load_settings(path=path, env={})
+    assert settings.port == 9000 and settings.key_prefix == "b:"
+    assert settings.workers == Settings().workers
+    assert path.read_text() == "port: 9000\nkey_prefix: 'b:'\n"
+
+
+@pytest.mark.parametrize("key", sorted(OVERRIDES))
+def test_registry_key_variable_overrides_the_file(tmp_path, key):
+    path = tmp_path / "config.yaml"
+    load_settings(path=path, env={})  # writes the defaults
+    text, value = OVERRIDES[key]
+    env = {f"REGISTRY_{key.upper()}": text}
+    if key == "heartbeat_interval_s":
+        env["REGISTRY_HEARTBEAT_TTL_S"] = "60"
+    assert getattr(load_settings(path=path, env=env), key) == value
+
+
+def test_registry_config_names_the_file(tmp_path):
+    path = tmp_path / "elsewhere" / "registry.yaml"
+    env = {"REGISTRY_CONFIG": str(path)}
+    assert config_path(env) == path
+    assert load_settings(env=env) == Settings()
+    assert path.exists()
+    path.write_text("workers: 5\n")
+    assert load_settings(env=env).workers == 5
+
+
+def test_default_config_path_is_configs_config_yaml():
+    assert config_path({}) == Path("configs/config.yaml")
+
+
+def test_public_dict_masks_passwords():
+    settings = Settings(database_url="postgresql://user:secret@db/registry")
+    assert settings.public_dict()["database_url"] == "postgresql://user:***@db/registry"
+
+
+BAD_ENVIRONMENTS = [
+    ("port_not_a_number", {"REGISTRY_PORT": "http"}, "port"),
+    ("port_out_of_range", {"REGISTRY_PORT": "70000"}, "port"),
+    ("port_fraction", {"REGISTRY_PORT": "80.5"}, "port"),
+    ("workers_zero", {"REGISTRY_WORKERS": "0"}, "workers"),
+    ("log_level_unknown", {"REGISTRY_LOG_LEVEL": "loud"}, "log_level"),
+    ("redis_url_http", {"REGISTRY_REDIS_URL": "http://127.0.0.1:6379"}, "redis_url"),
+    ("key_prefix_empty", {"REGISTRY_KEY_PREFIX": ""}, "key_prefix"),
+    ("key_prefix_space", {"REGISTRY_KEY_PREFIX": "a b:"}, "key_prefix"),
+    ("ttl_negative", {"REGISTRY_HEARTBEAT_TTL_S": "-1"}, "heartbeat_ttl_s"),
+    (
+        "ttl_below_a_millisecond",
+        {"REGISTRY_HEARTBEAT_TTL_S": "0.0001", "REGISTRY_HEARTBEAT_INTERVAL_S": "0.00001"},
+        "heartbeat_ttl_s",
+    ),
+    ("ttl_infinite", {"REGISTRY_HEARTBEAT_TTL_S": "inf"}, "heartbeat_ttl_s"),
+    ("ttl_nan", {"REGISTRY_HEARTBEAT_TTL_S": "nan"}, "heartbeat_ttl_s"),
+    ("sweep_interval_nan", {"REGISTRY_SWEEP_INTERVAL_S": "nan"}, "sweep_interval_s"),
+    ("interval_not_shorter_than_ttl", {"REGISTRY_HEARTBEAT_INTERVAL_S": "30"}, "heartbeat_interval_s"),
+    ("redis_timeout_zero", {"REGISTRY_REDIS_TIMEOUT_S": "0"}, "redis_timeout_s"),
+]
+
+BAD_FILES = [
+    ("not_yaml", "port: [8080\n", "not valid YAML"),
+    ("not_a_mapping", "- port\n- 8080\n", "must be a mapping"),
+    ("unknown_key", "colour: red\n", "unknown key 'colour'"),
+    ("wrong_type", "workers: many\n", "workers"),
+    ("list_for_string", "service_name: [a, b]\n", "service_name"),
+    ("not_utf8", b"service_name: \xff\xfe\n", "not UTF-8"),
+]
+
+
+def run_cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    # Should a bad value be accepted, serve on loopback and a free port, not on 0.0.0.0:8080.
+    safe = {"REGISTRY_BIND_HOST": "127.0.0.1", "REGISTRY_PORT": str(free_port())}
+    return subprocess.run(
+        [CLI, *args], cwd=cwd, env={**clean, **safe, **env}, capture_output=True, text=True,
+        timeout=30,
+    )
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], mention: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("provider-registry: config error:")
+    assert mention in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "env, mention", [c[1:] for c in BAD_ENVIRONMENTS], ids=[c[0] for c in BAD_ENVIRONMENTS]
+)
+def test_bad_value_is_a_config_error(tmp_path, env, mention):
+    with pytest.raises(ConfigError, match=mention):
+        load_settings(path=tmp_path / "config.yaml", env=env)
+
+
+@pytest.mark.parametrize(
+    "text, mention", [c[1:] for c in BAD_FILES], ids=[c[0] for c in BAD_FILES]
+)
+def test_bad_file_is_a_config_error(tmp_path, text, mention):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=mention):
+        load_settings(path=path, env={})
+
+
+# Each CLI run costs a second: a few cases through the real command, all cases above.
+@pytest.mark.parametrize(
+    "command, env, mention",
+    [
+        ("serve", {"REGISTRY_PORT": "http"}, "port"),
+        ("serve", {"REGISTRY_HEARTBEAT_TTL_S": "inf"}, "heartbeat_ttl_s"),
+        ("jobs", {"REGISTRY_REDIS_URL": "http://127.0.0.1:6379"}, "redis_url"),
+    ],
+    ids=["serve_port", "serve_ttl_infinite", "jobs_redis_url"],
+)
+def test_cli_exits_2_with_one_line_on_a_bad_variable(tmp_path, command, env, mention):
+    assert_one_line_exit_2(run_cli(tmp_path, env, command), mention)
+
+
+@pytest.mark.parametrize(
+    "text, mention",
+    [c[1:] for c in BAD_FILES if c[0] in ("not_yaml", "unknown_key", "not_utf8")],
+    ids=["not_yaml", "unknown_key", "not_utf8"],
+)
+def test_cli_exits_2_with_one_line_on_a_bad_file(tmp_path, text, mention):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert_one_line_exit_2(run_cli(tmp_path, {"REGISTRY_CONFIG": str(path)}, "serve"), mention)
+
+
+def test_cli_exits_2_when_the_config_path_is_a_directory(tmp_path):
+    result = run_cli(tmp_path, {"REGISTRY_CONFIG": str(tmp_path)}, "serve")
+    assert_one_line_exit_2(result, "cannot read config")
+
+
+def test_cli_writes_the_default_file_in_the_working_directory(tmp_path):
+    # A bad variable stops startup after the file is written, so nothing is served.
+    run_cli(tmp_path, {"REGISTRY_PORT": "0"}, "serve")
+    assert (tmp_path / "configs" / "config.yaml").read_text() == default_yaml()

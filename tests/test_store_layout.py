@@ -1,0 +1,283 @@
+"""The Redis layout operators read with redis-cli, as the README documents it."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from app import create_app
+from app.config import Settings
+from app.jobs.sweeper import Sweeper
+from app.registry import EXTENSION
+from app.store import canonical_name
+
+from .conftest import gpu, provider_body
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def lapse(redis_db, provider_id: str) -> None:
+    redis_db.hset(f"registry:provider:{provider_id}", "lease_expires_at", 1)
+    redis_db.zadd("registry:leases", {provider_id: 1})
+
+
+def test_provider_hash_holds_the_documented_fields(providers, redis_db):
+    body = providers.register(status="busy")
+    stored = redis_db.hgetall(f"registry:provider:{body['id']}")
+
+    assert set(stored) == {
+        "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "gpus",
+        "metadata", "registered_at", "last_seen_at", "lease_expires_at", "index_keys", "gpu_keys",
+    }
+    assert stored["id"] == body["id"]
+    assert stored["status"] == "busy"
+    assert json.loads(stored["gpus"]) == body["gpus"]
+    assert json.loads(stored["metadata"]) == {"rack": "r12"}
+    assert int(stored["lease_expires_at"]) - int(stored["last_seen_at"]) == 30_000
+    assert stored["registered_at"] == stored["last_seen_at"]
+    assert stored["gpu_keys"] == "nvidia+a100|ampere"
+    assert stored["index_keys"].split() == [
+        "registry:gpu:nvidia+a100:1", "registry:gpus:1", "registry:arch:ampere",
+        "registry:location:eu-west",
+    ]
+
+
+def test_lease_key_ttl_shows_the_time_left(providers, redis_db):
+    body = providers.register()
+    key = f"registry:lease:{body['id']}"
+    assert 29 <= redis_db.ttl(key) <= 30
+    stored = redis_db.hgetall(f"registry:provider:{body['id']}")
+    assert redis_db.get(key) == stored["last_seen_at"]
+
+
+def test_leases_zset_is_scored_by_the_deadline(providers, redis_db):
+    body = providers.register()
+    deadline = redis_db.hget(f"registry:provider:{body['id']}", "lease_expires_at")
+    assert redis_db.zrange("registry:leases", 0, -1, withscores=True) == [(body["id"], int(deadline))]
+
+
+def test_gpu_indexes_are_scored_by_the_kth_largest_vram(providers, redis_db):
+    body = providers.register(
+        gpus=[gpu("NVIDIA A100", 40960), gpu("NVIDIA A100", 81920), gpu("H100", 94208)]
+    )
+    pid = body["id"]
+
+    def scores(key: str) -> list[tuple[str, float]]:
+        return redis_db.zrange(key, 0, -1, withscores=True)
+
+    assert scores("registry:gpu:nvidia+a100:1") == [(pid, 81920)]
+    assert scores("registry:gpu:nvidia+a100:2") == [(pid, 40960)]
+    assert not redis_db.exists("registry:gpu:nvidia+a100:3")
+    assert scores("registry:gpu:h100:1") == [(pid, 94208)]
+    assert scores("registry:gpus:1") == [(pid, 94208)]
+    assert scores("registry:gpus:2") == [(pid, 81920)]
+    assert scores("registry:gpus:3") == [(pid, 40960)]
+
+
+def test_gpu_index_members_sort_by_vram(providers, redis_db):
+    small = providers.register(gpus=[gpu("L4", 24576)])["id"]
+    big = providers.register(gpus=[gpu("L4", 49152)])["id"]
+    assert redis_db.zrange("registry:gpu:l4:1", 0, -1) == [small, big]
+    assert redis_db.zrangebyscore("registry:gpu:l4:1", 30000, "+inf") == [big]
+
+
+def test_status_architecture_location_and_all_ids_are_zsets_scored_0(providers, redis_db):
+    ids = sorted(providers.register()["id"] for _ in range(3))
+    zsets = ("status:idle", "providers", "arch:ampere", "location:eu-west")
+    for key in (f"registry:{name}" for name in zsets):
+        assert redis_db.type(key) == "zset"
+        assert redis_db.zrange(key, 0, -1, withscores=True) == [(i, 0) for i in ids]
+
+
+def test_a_provider_is_in_exactly_one_status_set(providers, registry, redis_db):
+    body = providers.register()
+    providers.heartbeat(body["id"], status="busy")
+    providers.heartbeat(body["id"], status="maintenance")
+    lapse(redis_db, body["id"])
+    Sweeper(registry.store, interval_s=1).sweep_once()
+    members = {s: redis_db.zrange(f"registry:status:{s}", 0, -1) for s in
+               ("idle", "busy", "maintenance", "error", "offline")}
+    assert members == {"idle": [], "busy": [], "maintenance": [], "error": [], "offline": [body["id"]]}
+
+
+def test_irregular_set_holds_providers_with_mixed_or_unhealthy_gpus(providers, redis_db):
+    plain = providers.register(gpus=[gpu("A100"), gpu("A100")])["id"]
+    mixed = providers.register(gpus=[gpu("A100"), gpu("H100")])["id"]
+    sick = providers.register(gpus=[gpu("A100", is_healthy=False)])["id"]
+    assert redis_db.type("registry:irregular") == "set"
+    assert redis_db.smembers("registry:irregular") == {mixed, sick}
+    providers.heartbeat(sick, gpu_metrics=[{"is_healthy": True}])
+    assert redis_db.smembers("registry:irregular") == {mixed}
+    assert plain not in redis_db.smembers("registry:irregular")
+
+
+def test_queries_leave_no_scratch_keys(providers, client, redis_db):
+    providers.register(gpus=[gpu("A100", 81920, architecture="ampere")], location="eu-west")
+    client.get("/providers?gpu_model=a100&min_vram=1000&architecture=ampere&location=eu-west"
+               "&status=idle,busy&healthy_only=true")
+    assert redis_db.keys("registry:tmp:*") == []
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["Weird:Model", "star*model", "brace{model}", "two  words   model", "Ünïcødé GPU 型号", "a|b", "100%"],
+)
+def test_model_names_with_special_characters_stay_inside_their_index(providers, redis_db, model):
+    body = providers.register(gpus=[gpu(model, 1024), gpu(model, 2048)])
+    gpu_keys = redis_db.keys("registry:gpu:*")
+    canonical = canonical_name(model)
+    assert sorted(gpu_keys) == [f"registry:gpu:{canonical}:1", f"registry:gpu:{canonical}:2"]
+    assert re.fullmatch(r"[A-Za-z0-9_.~%+\-]+", canonical), canonical
+    for spelling in (model, model.upper(), f"  {model} "):
+        assert providers.ids(f"gpu_model={quote(spelling)}") == [body["id"]]
+    assert redis_db.zrange(f"registry:gpu:{canonical}:2", 0, -1, withscores=True) == [(body["id"], 1024)]
+
+
+def test_a_model_named_like_an_index_suffix_does_not_collide(providers):
+    # `A100:2` must not land in, or be read from, the index of "two A100s".
+    colon = providers.register(gpus=[gpu("A100:2")])["id"]
+    two = providers.register(gpus=[gpu("A100"), gpu("A100")])["id"]
+    assert providers.ids("gpu_model=A100&min_gpus=2") == [two]
+    assert providers.ids("gpu_model=A100:2") == [colon]
+    assert providers.ids("gpu_model=A100:2&min_gpus=2") == []
+
+
+def test_location_and_architecture_names_are_canonical_in_keys(providers, redis_db):
+    providers.register(gpus=[gpu(architecture="Ada Lovelace*")], location="São Paulo:1")
+    assert redis_db.exists("registry:arch:ada+lovelace%2A")
+    assert redis_db.exists("registry:location:s%C3%A3o+paulo%3A1")
+
+
+def test_key_prefix_separates_two_registries_on_one_redis(redis_server, redis_db, providers):
+    mine = providers.register()["id"]
+    other = create_app(Settings(redis_url=redis_server.url, key_prefix="other:"))
+    other_client = other.test_client()
+    theirs = other_client.post("/providers", json=provider_body()).get_json()["id"]
+    try:
+        assert providers.ids() == [mine]
+        assert [p["id"] for p in other_client.get("/providers").get_json()] == [theirs]
+        assert other_client.get(f"/providers/{mine}").status_code == 404
+        assert all(k.startswith(("registry:", "other:")) for k in redis_db.keys("*"))
+        assert redis_db.exists(f"other:provider:{theirs}", f"other:lease:{theirs}") == 2
+    finally:
+        other.extensions[EXTENSION].close()
+
+
+# ---- round trips -----------------------------------------------------------------------------
+
+
+def command_calls(redis_db) -> dict[str, int]:
+    stats = redis_db.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    return {k: v for k, v in calls.items() if not k.startswith(("config", "info"))}
+
+
+@pytest.fixture
+def warm(client, providers):
+    """Run every script once, so that counts below do not include loading them."""
+    body = providers.register()
+    providers.heartbeat(body["id"])
+    client.put(f"/providers/{body['id']}", json=provider_body())
+    client.get("/providers?status=idle")
+    client.delete(f"/providers/{body['id']}")
+
+
+@pytest.mark.usefixtures("warm")
+def test_a_heartbeat_is_one_script_call(providers, redis_db):
+    body = providers.register()
+    redis_db.config_resetstat()
+    providers.heartbeat(body["id"], status="busy", gpu_metrics=[{"temperature_c": 50.0}])
+    calls = command_calls(redis_db)
+    assert calls.pop("evalsha") == 1
+    # What the script did inside that one call: no scan of any kind.
+    assert not set(calls) & {"keys", "scan", "sscan", "zscan", "hscan"}
+
+
+@pytest.mark.usefixtures("warm")
+@pytest.mark.parametrize("route", ["register", "update", "delete"])
+def test_a_write_is_one_atomic_script_call(client, providers, redis_db, route):
+    body = providers.register()
+    redis_db.config_resetstat()
+    if route == "register":
+        client.post("/providers", json=provider_body(id=body["id"]))
+    elif route == "update":
+        client.put(f"/providers/{body['id']}", json=provider_body())
+    else:
+        client.delete(f"/providers/{body['id']}")
+    assert command_calls(redis_db)["evalsha"] == 1
+
+
+@pytest.mark.usefixtures("warm")
+def test_a_query_is_one_script_call_that_reads_only_the_page(client, providers, redis_db):
+    for i in range(60):
+        model, status = ("A100" if i % 2 else "H100"), ("busy" if i % 3 else "idle")
+        providers.register(gpus=[gpu(model, 40960 + i)], status=status)
+    redis_db.config_resetstat()
+    response = client.get("/providers?gpu_model=a100&min_vram=40970&status=busy&limit=5")
+    assert len(response.get_json()) == 5
+    calls = command_calls(redis_db)
+    assert calls.pop("evalsha") == 1
+    assert calls["hgetall"] == 5  # the page, not every provider
+    assert not set(calls) & {"keys", "scan", "zscan", "sscan", "hscan", "smembers"}
+
+
+@pytest.mark.usefixtures("warm")
+def test_a_get_is_one_pipelined_round_trip(providers, redis_db):
+    body = providers.register()
+    redis_db.config_resetstat()
+    providers.get(body["id"])
+    assert command_calls(redis_db) == {"time": 1, "hgetall": 1}
+
+
+# ---- the README shows what the store writes --------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    text = README.read_text()
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
+
+
+def documented_key_patterns() -> list[re.Pattern[str]]:
+    """The keys the README's layout table lists, as regexes (`<...>` is any non-empty part)."""
+    section = readme_section("Redis key layout")
+    names = sorted(set(re.findall(r"^\| `(registry:[^`]+)`", section, flags=re.M)))
+    assert names, "the README lists no keys"
+    return [
+        re.compile("[^ ]+".join(re.escape(part) for part in re.split(r"<[^>]+>", name)) + "$")
+        for name in names
+    ]
+
+
+def test_readme_documents_every_key_the_store_writes_and_no_other(client, providers, registry, redis_db):
+    body = providers.register(
+        gpus=[gpu("A100", 40960, architecture="ampere"), gpu("H100", 81920, is_healthy=False)],
+        location="eu-west",
+    )
+    providers.register(status="busy")
+    lapse(redis_db, body["id"])
+    Sweeper(registry.store, interval_s=1).sweep_once()
+    providers.heartbeat(body["id"], status="maintenance")
+    client.get("/providers?gpu_model=a100&status=idle&healthy_only=true")
+    patterns = documented_key_patterns()
+
+    keys = redis_db.keys("*")
+    undocumented = [k for k in keys if not any(p.match(k) for p in patterns)]
+    assert undocumented == []
+    unused = [p.pattern for p in patterns if not any(p.match(k) for k in keys)]
+    # Scratch keys live only inside one script call.
+    assert unused == [p.pattern for p in patterns if "tmp" in p.pattern]
+
+
+def test_readme_hgetall_example_shows_the_stored_fields(providers, redis_db):
+    body = providers.register()
+    section = readme_section("Redis key layout")
+    example = section[section.index("HGETALL registry:provider:") :]
+    example = example[: example.index("```")]
+    items = re.findall(r'^\s*(\d+)\) "(.*)"$', example, flags=re.M)
+    shown = [value for number, value in items if int(number) % 2 == 1]  # field, value, ...
+    assert sorted(shown) == sorted(redis_db.hgetall(f"registry:provider:{body['id']}"))
