@@ -49,6 +49,14 @@ def cases(table: list[tuple], skip: tuple[str, ...] = ()):
     return pytest.mark.parametrize(names, values, ids=[row[0] for row in rows])
 
 
+def nested(depth: int) -> dict[str, Any]:
+    """A JSON object nested `depth` levels deep (the object itself is level 1)."""
+    value: Any = []
+    for _ in range(depth - 2):
+        value = [value]
+    return {"a": value}
+
+
 def with_gpu(**fields: Any) -> dict[str, Any]:
     return provider_body(gpus=[gpu(**fields)])
 
@@ -92,6 +100,7 @@ INVALID_BODIES = [
     ("metadata_list", provider_body(metadata=[1, 2]), "metadata"),
     ("metadata_string", provider_body(metadata="rack 12"), "metadata"),
     ("metadata_over_8kib", provider_body(metadata={"blob": "x" * 8192}), "metadata"),
+    ("metadata_nested_9_deep", provider_body(metadata=nested(9)), "metadata"),
     ("id_not_uuid", provider_body(id="rig-1"), "id"),
     ("status_unknown", provider_body(status="sleeping"), "status"),
     ("status_offline_on_register", provider_body(status="offline"), "status"),
@@ -132,14 +141,24 @@ def test_validation_details_name_the_gpu_and_field(client, unchanged):
         {"gpus": [gpu(vram_mb=4_194_304)]},
         {"gpus": [gpu()] * 64},
         {"metadata": {"blob": "x" * (8192 - len('{"blob":""}'))}},
+        {"metadata": nested(8)},
         {"hostname": None, "location": None, "ip_address": None},
         {"ip_address": "2001:db8::1"},
     ],
-    ids=["256_chars", "vram_1", "vram_4tib", "64_gpus", "metadata_8kib", "nulls", "ipv6"],
+    ids=["256_chars", "vram_1", "vram_4tib", "64_gpus", "metadata_8kib", "metadata_8_deep", "nulls", "ipv6"],
 )
 def test_bounds_themselves_are_accepted(client, fields):
     response = client.post("/providers", json=provider_body(**fields))
     assert response.status_code == 201, response.get_json()
+
+
+@pytest.mark.parametrize("depth", [500, 900])
+def test_metadata_nested_hundreds_deep_is_400_not_500(client, unchanged, depth):
+    # Parses as JSON, but a depth check that recursed all the way would exhaust the stack.
+    raw = json.dumps(provider_body(metadata={}))
+    raw = raw.replace('"metadata": {}', '"metadata": {"a": ' + "[" * depth + "]" * depth + "}")
+    response = client.post("/providers", data=raw, content_type="application/json")
+    assert_error(response, 400, "validation_error", "metadata")
 
 
 INVALID_HEARTBEATS = [

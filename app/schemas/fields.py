@@ -75,7 +75,7 @@ class JSONObject(fields.Dict):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
         result = super()._deserialize(value, attr, data, **kwargs)
-        if _depth(result) > self.max_depth:
+        if _depth(result, self.max_depth) > self.max_depth:
             raise ValidationError(f"Must not nest deeper than {self.max_depth} levels.")
         size = len(json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode())
         if size > self.max_bytes:
@@ -83,9 +83,9 @@ class JSONObject(fields.Dict):
         return result
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _depth(value: Any, limit: int) -> int:
+    # Stops one level past `limit`: a body nested 500 deep would exhaust the recursion limit.
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(v, limit - 1) for v in children), default=0)
