@@ -13,6 +13,8 @@ from typing import Iterator
 import pytest
 import requests
 
+from app.local_redis import reachable
+
 from .conftest import gpu, provider_body, wait_until
 from .redis_server import free_port
 
@@ -44,7 +46,9 @@ def jobs_processes(pid: int) -> list[int]:
 class Instance:
     """One `provider-registry serve` on a free loopback port, its output in a file."""
 
-    def __init__(self, tmp_path: Path, redis_url: str, **settings: str) -> None:
+    def __init__(
+        self, tmp_path: Path, redis_url: str, *args: str, **settings: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp_path / f"serve-{self.port}.log"
@@ -60,7 +64,7 @@ class Instance:
         )
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [CLI, "serve"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
+                [CLI, "serve", *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         self.started: set[int] = set()
         if not wait_until(self.healthy, timeout=30, interval=0.1):
@@ -195,3 +199,16 @@ def test_top_level_wsgi_module_exposes_the_app(tmp_path, redis_server):
     assert result.returncode == 0, result.stderr
     assert "/api/v1/providers/<uuid:provider_id>/heartbeat" in result.stdout
     assert "/health" in result.stdout
+
+
+def test_serve_local_redis_starts_a_redis_when_none_answers_and_stops_it_after(tmp_path):
+    # What `make run` does on a machine with no Redis running.
+    redis_port = free_port()
+    served = Instance(tmp_path, f"redis://127.0.0.1:{redis_port}/0", "--local-redis")
+    try:
+        created = requests.post(f"{served.url}/providers", json=provider_body(), timeout=5)
+        assert created.status_code == 201
+        assert (tmp_path / "var" / "redis").is_dir()
+    finally:
+        served.stop()
+    assert wait_until(lambda: not reachable(f"redis://127.0.0.1:{redis_port}/0"), timeout=10)
