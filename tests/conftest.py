@@ -115,15 +115,19 @@ class Providers:
         assert response.status_code == 200, response.get_json()
         return response.get_json()
 
-    def ids(self, query: str = "") -> list[str]:
-        """IDs of every provider a query matches, following the pages."""
+    def ids(self, query: str = "", max_pages: int = 1000) -> list[str]:
+        """IDs of every provider a query matches, following the pages (a bounded number)."""
         url, ids = f"/providers?{query}", []
-        while url:
+        for _ in range(max_pages):
+            if not url:
+                return ids
             response = self.client.get(url)
             assert response.status_code == 200, response.get_json()
             ids += [p["id"] for p in response.get_json()]
             link = response.headers.get("Link")
             url = link[1 : link.index(">")] if link else ""
+        if url:
+            pytest.fail(f"paging did not end after {max_pages} pages: {query}")
         return ids
 
 
