@@ -161,6 +161,8 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
             value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "set":
             value = sorted(client.smembers(key))
+        elif kind == "stream":
+            value = client.xrange(key)
         else:
             value = client.get(key)
         state[key] = (kind, value)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,13 @@ def test_missing_file_is_written_with_the_defaults(tmp_path):
 
 def test_committed_config_file_is_the_default_file():
     assert (REPO / "configs" / "config.yaml").read_text() == default_yaml()
+
+
+def test_readme_configuration_table_lists_every_setting():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Configuration\n") : text.index("\n## API")]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+    assert sorted(documented) == sorted(f.name for f in dataclasses.fields(Settings))
 
 
 def test_existing_file_is_read_and_not_rewritten(tmp_path):
@@ -140,7 +148,12 @@ BAD_FILES = [
 def run_cli(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
     # Should a bad value be accepted, serve on loopback and a free port, not on 0.0.0.0:8080.
-    safe = {"REGISTRY_BIND_HOST": "127.0.0.1", "REGISTRY_PORT": str(free_port())}
+    safe = {
+        "REGISTRY_BIND_HOST": "127.0.0.1",
+        "REGISTRY_PORT": str(free_port()),
+        "REGISTRY_CONSUL_ENABLED": "false",
+        "XDG_RUNTIME_DIR": str(cwd),  # gunicorn's control socket
+    }
     return subprocess.run(
         [CLI, *args], cwd=cwd, env={**clean, **safe, **env}, capture_output=True, text=True,
         timeout=30,
@@ -206,5 +219,5 @@ def test_cli_exits_2_when_the_config_path_is_a_directory(tmp_path):
 
 def test_cli_writes_the_default_file_in_the_working_directory(tmp_path):
     # A bad variable stops startup after the file is written, so nothing is served.
-    run_cli(tmp_path, {"REGISTRY_PORT": "0"}, "serve")
+    run_cli(tmp_path, {"REGISTRY_PORT": "http"}, "serve")
     assert (tmp_path / "configs" / "config.yaml").read_text() == default_yaml()

@@ -60,6 +60,9 @@ class Instance:
             REGISTRY_REDIS_URL=redis_url,
             REGISTRY_WORKERS="2",
             REGISTRY_THREADS="2",
+            # Never register test instances with whatever Consul agent this machine may run.
+            REGISTRY_CONSUL_ENABLED="false",
+            XDG_RUNTIME_DIR=str(tmp_path),  # gunicorn's control socket: one per instance
             **{f"REGISTRY_{k.upper()}": v for k, v in settings.items()},
         )
         with self.log.open("wb") as out:
@@ -67,18 +70,22 @@ class Instance:
                 [CLI, "serve", *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         self.started: set[int] = set()
-        if not wait_until(self.healthy, timeout=30, interval=0.1):
+        try:
+            if not wait_until(self.healthy, timeout=30, interval=0.1):
+                pytest.fail(f"gunicorn did not serve:\n{self.log.read_text()}")
+            wait_until(lambda: len(jobs_processes(self.process.pid)) > 0, timeout=10)
+            self.started = set(children(self.process.pid))
+        except BaseException:
+            self.started = set(children(self.process.pid))
             self.stop()
-            pytest.fail(f"gunicorn did not serve:\n{self.log.read_text()}")
-        wait_until(lambda: len(jobs_processes(self.process.pid)) > 0, timeout=10)
-        self.started = set(children(self.process.pid))
+            raise
 
     def healthy(self) -> bool:
         if self.process.poll() is not None:
             pytest.fail(f"gunicorn exited:\n{self.log.read_text()}")
         try:
-            return requests.get(f"{self.url}/health", timeout=2).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{self.url}/health", timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or a worker still booting
             return False
 
     def log_lines(self) -> list[dict]:

@@ -31,6 +31,7 @@ def test_provider_hash_holds_the_documented_fields(providers, redis_db):
     assert set(stored) == {
         "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "gpus",
         "metadata", "registered_at", "last_seen_at", "lease_expires_at", "index_keys", "gpu_keys",
+        "version", "summary",
     }
     assert stored["id"] == body["id"]
     assert stored["status"] == "busy"
@@ -38,11 +39,12 @@ def test_provider_hash_holds_the_documented_fields(providers, redis_db):
     assert json.loads(stored["metadata"]) == {"rack": "r12"}
     assert int(stored["lease_expires_at"]) - int(stored["last_seen_at"]) == 30_000
     assert stored["registered_at"] == stored["last_seen_at"]
-    assert stored["gpu_keys"] == "nvidia+a100|ampere"
-    assert stored["index_keys"].split() == [
-        "registry:gpu:nvidia+a100:1", "registry:gpus:1", "registry:arch:ampere",
+    assert stored["gpu_keys"] == "nvidia+a100|ampere|81920"
+    assert sorted(stored["index_keys"].split()) == [
+        "registry:arch:ampere", "registry:gpu:nvidia+a100:1", "registry:gpus:1",
         "registry:location:eu-west",
     ]
+    assert stored["version"] == "1"
 
 
 def test_lease_key_ttl_shows_the_time_left(providers, redis_db):
@@ -262,6 +264,9 @@ def test_readme_documents_every_key_the_store_writes_and_no_other(client, provid
     lapse(redis_db, body["id"])
     Sweeper(registry.store, interval_s=1).sweep_once()
     providers.heartbeat(body["id"], status="maintenance")
+    providers.register()  # the only idle provider: a scheduler claims it
+    claimed = client.post("/providers/claim", json={"claimant": "scheduler-1", "claim_ttl_s": 60})
+    assert claimed.status_code == 200, claimed.get_json()
     client.get("/providers?gpu_model=a100&status=idle&healthy_only=true")
     patterns = documented_key_patterns()
 
