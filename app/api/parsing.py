@@ -51,6 +51,9 @@ def json_body(schema: Schema, *, optional: bool = False) -> dict[str, Any]:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # "[[[[..." within the size limit nests deeper than the decoder recurses.
+        raise MalformedJSON("request body nests too deeply") from None
     if not isinstance(data, dict):
         raise MalformedJSON("request body must be a JSON object")
     return _validate(schema, data, "request body")
