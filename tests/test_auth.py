@@ -401,3 +401,28 @@ def test_new_key_refuses_an_unknown_role(capsys: pytest.CaptureFixture[str]) -> 
 
     assert main(["new-key", "x", "--roles", "root"]) == 2
     assert "key:" not in capsys.readouterr().out
+
+
+def test_a_daemon_releases_its_own_claim_with_its_token_but_not_anothers(
+    app: Flask, schedule_client: FlaskClient
+) -> None:
+    mine, theirs = register_daemon(app), register_daemon(app, name="theirs")
+    granted = schedule_client.post("/providers/claim", json={"count": 2}).get_json()
+    claim_id = granted["claim_id"]
+    refused = mine.client.post(f"/providers/{theirs.id}/release", json={"claim_id": claim_id})
+    assert refused.status_code == 401
+    assert schedule_client.get(f"/providers/{theirs.id}").get_json()["status"] == "busy"
+    released = mine.client.post(f"/providers/{mine.id}/release", json={"claim_id": claim_id})
+    assert released.status_code == 200 and released.get_json()["status"] == "idle"
+    # A daemon cannot claim: that is the schedulers' role.
+    assert mine.client.post("/providers/claim", json={"count": 1}).status_code == 401
+
+
+def test_claims_events_and_summary_need_their_roles(
+    read_client: FlaskClient, register_client: FlaskClient
+) -> None:
+    assert read_client.post("/providers/claim", json={"count": 1}).status_code == 403
+    assert read_client.get("/providers/summary").status_code == 200
+    assert read_client.get("/providers/events").status_code == 200
+    assert register_client.get("/providers/summary").status_code == 403
+    assert register_client.get("/providers/events").status_code == 403

@@ -35,8 +35,8 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-ADMIN_EXAMPLES = 20  # per operation and generation mode
-WEAK_EXAMPLES = 4
+ADMIN_EXAMPLES = 15  # per operation and generation mode
+WEAK_EXAMPLES = 3
 
 
 def _operations() -> dict[str, dict]:

@@ -5,7 +5,7 @@ import uuid
 
 from flask import Blueprint, Response, jsonify
 
-from ..auth import requires
+from ..auth import provider_token_hash, requires
 from ..models import Provider, rfc3339
 from ..registry import current_registry
 from ..schemas import ClaimIdSchema, ClaimSchema
@@ -54,8 +54,10 @@ def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.post("/providers/<uuid:provider_id>/release")
-@requires("schedule")
+@requires("schedule", provider=True)
 def release(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """End a claim; the provider is idle again."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
-    return _claim_reply(*current_registry().claims.release(str(provider_id), claim_id))
+    return _claim_reply(
+        *current_registry().claims.release(str(provider_id), claim_id, provider_token_hash())
+    )

@@ -26,7 +26,7 @@ NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH = -1, -2, -3
 MUST_BE_NEW = "!"
 
 
-def _token_mismatch(provider_id: str) -> Unauthorized:
+def token_mismatch(provider_id: str) -> Unauthorized:
     # One answer whether the provider has another token or the token is someone else's.
     return Unauthorized(f"the credential is not valid for provider {provider_id}", invalid=True)
 
@@ -153,7 +153,7 @@ class ProviderStore:
                 raise Forbidden(
                     f"provider {provider_id} exists: re-registering it needs its token or an admin key"
                 )
-            raise _token_mismatch(provider_id)
+            raise token_mismatch(provider_id)
         return Provider.from_hash(pairs(flat)), code == 1, now
 
     @wrap_errors
@@ -201,7 +201,7 @@ class ProviderStore:
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
-            raise _token_mismatch(provider_id)
+            raise token_mismatch(provider_id)
         stored, last_seen, deadline, version = fields
         if code == VERSION_MISMATCH:
             raise VersionMismatch(int(version))
@@ -211,7 +211,7 @@ class ProviderStore:
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
-            raise _token_mismatch(provider_id)
+            raise token_mismatch(provider_id)
         provider = Provider.from_hash(pairs(flat))
         if code == VERSION_MISMATCH:
             raise VersionMismatch(provider.version)
@@ -234,7 +234,7 @@ class ProviderStore:
         if expected_token_hash and not hmac.compare_digest(
             fields.get("token_hash", ""), expected_token_hash
         ):
-            raise _token_mismatch(provider_id)
+            raise token_mismatch(provider_id)
         return Provider.from_hash(fields), seconds * 1000 + micros // 1000
 
     @wrap_errors
@@ -250,7 +250,7 @@ class ProviderStore:
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
-            raise _token_mismatch(provider_id)
+            raise token_mismatch(provider_id)
         if code == VERSION_MISMATCH:
             raise VersionMismatch(version)
 
@@ -266,7 +266,7 @@ class ProviderStore:
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
-            raise _token_mismatch(provider_id)
+            raise token_mismatch(provider_id)
 
     def filter_keys(self, filters: Filters) -> list[str]:
         """Return the filter KEYS of select.lua for `filters`."""
