@@ -21,17 +21,23 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from flask import Flask
 
     from .api import register_blueprints
+    from .auth import install_auth
+    from .bounds import install_bounds
     from .config import load_settings
     from .errors import register_error_handlers
     from .logs import install_request_logging
+    from .ratelimit import install_rate_limits
     from .registry import EXTENSION, Registry
 
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions[EXTENSION] = Registry.from_settings(settings)
+    registry = app.extensions[EXTENSION] = Registry.from_settings(settings)
     register_error_handlers(app)
     install_request_logging(app)
+    install_bounds(app)
+    install_auth(app, settings)
+    install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
     register_blueprints(app)
     return app

@@ -59,6 +59,20 @@ def _healthcheck(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def _new_key(args: argparse.Namespace) -> int:
+    from .auth import dump_entry, service_key_entry
+
+    try:
+        secret, entry = service_key_entry(args.name, args.roles.split(","))
+    except ValueError as exc:
+        print(f"provider-registry: {exc}", file=sys.stderr)
+        return 2
+    # The secret goes to the holder, the entry to api_keys; the registry never sees the secret.
+    print(f"key:   {secret}")
+    print(f"entry: {dump_entry(entry)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="provider-registry",
@@ -85,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     healthcheck.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     healthcheck.set_defaults(func=_healthcheck)
+
+
+    new_key = commands.add_parser(
+        "new-key", help="make a service key: print it once, with its api_keys entry (a SHA-256)"
+    )
+    new_key.add_argument("name", help="who holds the key, e.g. scheduler-eu")
+    new_key.add_argument("--roles", required=True, help="comma-separated: read,schedule,register,admin")
+    new_key.set_defaults(func=_new_key)
     return parser
 
 

@@ -86,6 +86,24 @@ class Settings:
         default="30s", metadata=_doc("how often to make sure the agent still knows the service")
     )
     database_url: str = field(default="", metadata=_doc("PostgreSQL URL for snapshots"))
+    # Trust (authentication, authorisation, rate limits): see docs/SECURITY.md.
+    auth_enabled: bool = field(
+        default=True, metadata=_doc("require credentials; false only on a trusted network")
+    )
+    api_keys: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata=_doc("service keys: each {name, sha256 of the key, roles: [read|schedule|register|admin]}"),
+    )
+    api_keys_file: str = field(
+        default="", metadata=_doc("YAML or JSON file with more service keys, in the api_keys shape")
+    )
+    rate_limit_enabled: bool = field(default=True, metadata=_doc("answer 429 past the limits below"))
+    rate_limit_per_client: str = field(
+        default="100/second", metadata=_doc("requests per client (service key or address)")
+    )
+    rate_limit_heartbeat: str = field(
+        default="30/minute", metadata=_doc("accepted heartbeats and status changes per provider")
+    )
 
     def public_dict(self) -> dict[str, Any]:
         """Return the settings with passwords in URLs masked, for logs."""
@@ -111,7 +129,10 @@ def mask_url(url: str) -> str:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 # Annotations are strings under `from __future__ import annotations`.
-_KINDS = {"bool": bool, "int": int, "float": float, "str": str, "list[str]": list}
+_KINDS = {
+    "bool": bool, "int": int, "float": float, "str": str, "list[str]": list,
+    "list[dict[str, Any]]": dict,
+}
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -143,6 +164,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not math.isfinite(number):
             raise ConfigError(f"{where} must be a finite number, got {value!r}")
         return number
+    if kind is dict:
+        # A list of mappings; from the environment as YAML or JSON text.
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value) if value.strip() else []
+            except yaml.YAMLError:
+                raise ConfigError(f"{where} must be YAML or JSON text") from None
+        if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            return value
+        raise ConfigError(f"{where} must be a list of mappings")
     if kind is list:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
@@ -196,6 +227,7 @@ def _check(settings: Settings) -> None:
     if settings.threads < 1:
         raise bad(f"threads must be at least 1, got {settings.threads}")
     _check_consul(settings)
+    _check_trust(settings)
 
 
 CONSUL_CHECKS = ("http", "ttl")
@@ -249,6 +281,29 @@ def _check_consul(settings: Settings) -> None:
             raise ConfigError(f"{name} must be a duration such as 10s or 1m, got {value!r}") from None
         if seconds <= 0:
             raise ConfigError(f"{name} must be positive, got {value!r}")
+
+
+
+# limits' own grammar ("100/second", "10 per minute", "2/second;30/minute"), checked here
+# without importing it: the gunicorn master loads the settings before gevent patches anything.
+_RATE = re.compile(
+    r"^\s*[0-9]+\s*(/|\s+per\s+)\s*([0-9]+\s*)?(second|minute|hour|day|month|year)s?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _check_rate(name: str, value: str) -> None:
+    if not value.strip() or not all(_RATE.match(part) for part in re.split(r"[,;|]", value)):
+        raise ConfigError(f"{name} must be a rate limit such as '30/minute', got {value!r}")
+
+
+def _check_trust(settings: Settings) -> None:
+    # Imported here: keyring reads Settings, so config cannot import it at the top.
+    from .keyring import load_service_keys
+
+    load_service_keys(settings)
+    _check_rate("rate_limit_per_client", settings.rate_limit_per_client)
+    _check_rate("rate_limit_heartbeat", settings.rate_limit_heartbeat)
 
 
 def default_yaml() -> str:

@@ -81,6 +81,29 @@ class NoCapacity(RegistryError):
     code = "no_capacity"
 
 
+AUTH_REALM = "provider-registry"
+
+
+class Unauthorized(RegistryError):
+    """No credential, or one that is not valid here; says how to authenticate (RFC 6750)."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, invalid: bool = False) -> None:
+        challenge = f'Bearer realm="{AUTH_REALM}"'
+        if invalid:
+            challenge += ', error="invalid_token"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(RegistryError):
+    """A valid credential that lacks the role or the provider the request needs."""
+
+    status = 403
+    code = "forbidden"
+
+
 class StoreUnavailable(RegistryError):
     """Redis cannot be reached; the client should retry shortly."""
 

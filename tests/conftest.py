@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.config import Settings
+from app.keyring import hash_secret
 from app.registry import EXTENSION, Registry
 
 from .redis_server import RedisServer
@@ -38,9 +40,40 @@ def redis_db(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+# Service keys of the test configuration, one per role; `client` sends the admin key.
+ADMIN_KEY = "test-admin-key-0123456789abcdefghijklmnopqrstuv"
+READ_KEY = "test-read-key-0123456789abcdefghijklmnopqrstuvw"
+SCHEDULE_KEY = "test-schedule-key-0123456789abcdefghijklmnopqr"
+REGISTER_KEY = "test-register-key-0123456789abcdefghijklmnopqr"
+TEST_API_KEYS = [
+    {"name": "test-admin", "sha256": hash_secret(ADMIN_KEY), "roles": ["admin"]},
+    {"name": "test-read", "sha256": hash_secret(READ_KEY), "roles": ["read"]},
+    {"name": "test-schedule", "sha256": hash_secret(SCHEDULE_KEY), "roles": ["read", "schedule"]},
+    {"name": "test-register", "sha256": hash_secret(REGISTER_KEY), "roles": ["register"]},
+]
+# Rate limiting stays in the loop of every test, with limits no functional test reaches.
+GENEROUS_LIMIT = "1000000/second"
+
+
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Settings:
-    return Settings(redis_url=redis_server.url, heartbeat_ttl_s=30, heartbeat_interval_s=10)
+    return Settings(
+        redis_url=redis_server.url,
+        heartbeat_ttl_s=30,
+        heartbeat_interval_s=10,
+        api_keys=TEST_API_KEYS,
+        rate_limit_per_client=GENEROUS_LIMIT,
+        rate_limit_heartbeat=GENEROUS_LIMIT,
+    )
+
+
+class AdminClient(FlaskClient):
+    """The test client of test apps: sends the admin key unless told otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # environ_base is the default; a request's own headers still override it.
+        self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_KEY}"
 
 
 @pytest.fixture
@@ -51,6 +84,7 @@ def make_app(settings: Settings, redis_db: redis.Redis) -> Iterator[Callable[...
     def make(**overrides: Any) -> Flask:
         app = create_app(dataclasses.replace(settings, **overrides))
         app.config["TESTING"] = True
+        app.test_client_class = AdminClient
         built.append(app)
         return app
 
@@ -69,9 +103,39 @@ def registry(app: Flask) -> Registry:
     return app.extensions[EXTENSION]
 
 
+def bearer_client(app: Flask, secret: str | None) -> FlaskClient:
+    """A test client that sends `Authorization: Bearer <secret>` (nothing when None)."""
+    test_client = app.test_client()
+    test_client.environ_base.pop("HTTP_AUTHORIZATION", None)
+    if secret is not None:
+        test_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
+    return test_client
+
+
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    """A client holding the admin key, so tests of other features need not think of auth."""
+    return bearer_client(app, ADMIN_KEY)
+
+
+@pytest.fixture
+def anonymous_client(app: Flask) -> FlaskClient:
+    return bearer_client(app, None)
+
+
+@pytest.fixture
+def read_client(app: Flask) -> FlaskClient:
+    return bearer_client(app, READ_KEY)
+
+
+@pytest.fixture
+def schedule_client(app: Flask) -> FlaskClient:
+    return bearer_client(app, SCHEDULE_KEY)
+
+
+@pytest.fixture
+def register_client(app: Flask) -> FlaskClient:
+    return bearer_client(app, REGISTER_KEY)
 
 
 def gpu(model: str = "NVIDIA A100", vram_mb: int = 81920, **fields: Any) -> dict[str, Any]:
@@ -151,9 +215,14 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
 
 
 def redis_state(client: redis.Redis) -> dict[str, Any]:
-    """Every key of the database with its type and contents (not its TTL), to compare states."""
+    """Every key of the database with its type and contents (not its TTL), to compare states.
+
+    Rate-limit counters are left out: they count requests, accepted or not.
+    """
     state: dict[str, Any] = {}
     for key in client.keys("*"):
+        if key.startswith("registry:ratelimit:"):
+            continue
         kind = client.type(key)
         if kind == "hash":
             value: Any = client.hgetall(key)
@@ -179,3 +248,25 @@ def provider_index_keys(client: redis.Redis, provider_id: str) -> list[str]:
         elif kind == "set" and client.sismember(key, provider_id):
             found.append(key)
     return sorted(found)
+
+
+@dataclass
+class Daemon:
+    """A provider registered with the registration key, and a client holding its own token."""
+
+    id: str
+    token: str
+    client: FlaskClient
+
+
+def register_daemon(app: Flask, **fields: Any) -> Daemon:
+    """Register a provider as a daemon does, with the `register` key; keep its token."""
+    response = bearer_client(app, REGISTER_KEY).post("/providers", json=provider_body(**fields))
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    return Daemon(id=body["id"], token=body["provider_token"], client=bearer_client(app, body["provider_token"]))
+
+
+@pytest.fixture
+def daemon(app: Flask) -> Daemon:
+    return register_daemon(app)

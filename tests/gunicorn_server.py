@@ -28,6 +28,10 @@ class GunicornServer:
             "REGISTRY_REDIS_URL": redis_url,
             # Never register test instances with whatever Consul agent this machine may run.
             "REGISTRY_CONSUL_ENABLED": "false",
+            # These servers test scheduling under load from bare clients on one address;
+            # trust is tested in-process (tests/test_auth.py). A test may turn both back on.
+            "REGISTRY_AUTH_ENABLED": "false",
+            "REGISTRY_RATE_LIMIT_ENABLED": "false",
             **{f"REGISTRY_{key.upper()}": str(value) for key, value in settings.items()},
         }
         self.log_path = self.dir / "server.log"

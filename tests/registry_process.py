@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
+from .conftest import ADMIN_KEY, TEST_API_KEYS
 from .redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,8 @@ class RegistryProcess:
             "REGISTRY_WORKERS": "2",
             "REGISTRY_THREADS": "2",
             "REGISTRY_REDIS_URL": redis_server.url,
+            # Auth stays on, as shipped: the test keys are configured and get() sends the admin's.
+            "REGISTRY_API_KEYS": json.dumps(TEST_API_KEYS),
             "REGISTRY_ADVERTISE_ADDRESS": "127.0.0.1",
             # gunicorn's control socket defaults to one path per user; keep instances apart.
             "XDG_RUNTIME_DIR": str(workdir),
@@ -65,7 +68,8 @@ class RegistryProcess:
     def get(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
         """GET a path; return the status and the decoded JSON body."""
         try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:
+            request = urllib.request.Request(self.url(path), headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())

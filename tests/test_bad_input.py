@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from .conftest import gpu, new_id, provider_body, redis_state
+from .conftest import ADMIN_KEY, gpu, new_id, provider_body, redis_state
 
 
 @pytest.fixture
@@ -250,7 +250,10 @@ def test_body_over_64_kib_without_content_length_is_413(app, unchanged):
     raw = json.dumps(provider_body(metadata={"blob": "x" * (64 * 1024)})).encode()
     builder = EnvironBuilder(
         path="/providers", method="POST", input_stream=io.BytesIO(raw),
-        headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        headers={
+            "Content-Type": "application/json", "Transfer-Encoding": "chunked",
+            "Authorization": f"Bearer {ADMIN_KEY}",
+        },
     )
     environ = builder.get_environ()
     environ.pop("CONTENT_LENGTH", None)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -17,10 +18,8 @@ from .conftest import provider_body, wait_until
 
 
 @pytest.fixture
-def settings(redis_server) -> Settings:
-    return Settings(
-        redis_url=redis_server.url, heartbeat_ttl_s=1, heartbeat_interval_s=0.5, sweep_interval_s=0.2
-    )
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, heartbeat_ttl_s=1, heartbeat_interval_s=0.5, sweep_interval_s=0.2)
 
 
 def deadline_of(body: dict) -> float:

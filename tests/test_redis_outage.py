@@ -8,10 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from app import create_app
-from app.config import Settings
 from app.jobs.sweeper import Sweeper
-from app.registry import EXTENSION
 
 from .conftest import new_id, provider_body, wait_until
 
@@ -113,9 +110,8 @@ def test_every_route_recovers_after_a_restart(client, providers, redis_server):
     assert client.delete(f"/providers/{provider_id}").status_code == 204
 
 
-def test_a_hung_redis_answers_503_within_the_timeout(redis_server, redis_db):
-    app = create_app(Settings(redis_url=redis_server.url, redis_timeout_s=0.2))
-    client = app.test_client()
+def test_a_hung_redis_answers_503_within_the_timeout(make_app, redis_db, redis_server):
+    client = make_app(redis_timeout_s=0.2).test_client()
     assert client.get("/health").status_code == 200
     redis_server.process.send_signal(signal.SIGSTOP)
     try:
@@ -124,7 +120,6 @@ def test_a_hung_redis_answers_503_within_the_timeout(redis_server, redis_db):
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
     assert client.get("/health").status_code == 200
-    app.extensions[EXTENSION].close()
 
 
 def test_sweeper_logs_an_outage_once_and_resumes(registry, redis_server, caplog):

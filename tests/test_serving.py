@@ -62,6 +62,9 @@ class Instance:
             REGISTRY_THREADS="2",
             # Never register test instances with whatever Consul agent this machine may run.
             REGISTRY_CONSUL_ENABLED="false",
+            # These tests are about serving; auth and rate limits have their own tests.
+            REGISTRY_AUTH_ENABLED="false",
+            REGISTRY_RATE_LIMIT_ENABLED="false",
             XDG_RUNTIME_DIR=str(tmp_path),  # gunicorn's control socket: one per instance
             **{f"REGISTRY_{k.upper()}": v for k, v in settings.items()},
         )

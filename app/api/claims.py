@@ -5,6 +5,7 @@ import uuid
 
 from flask import Blueprint, Response, jsonify
 
+from ..auth import provider_token_hash, requires
 from ..models import Provider, rfc3339
 from ..registry import current_registry
 from ..schemas import ClaimIdSchema, ClaimSchema
@@ -16,6 +17,7 @@ CLAIM, CLAIM_ID = ClaimSchema(), ClaimIdSchema()
 
 
 @bp.post("/providers/claim")
+@requires("schedule")
 def claim() -> Response:
     """Claim `count` live, idle providers matching the filters, all or nothing."""
     data = json_body(CLAIM)
@@ -36,6 +38,7 @@ def _claim_reply(provider: Provider, now: int) -> tuple[Response, int, dict[str,
 
 
 @bp.post("/providers/<uuid:provider_id>/claim/renew")
+@requires("schedule")
 def renew(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Extend an unconfirmed claim by its TTL."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
@@ -43,6 +46,7 @@ def renew(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.post("/providers/<uuid:provider_id>/claim/confirm")
+@requires("schedule")
 def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Confirm a claim: the job started; it lasts until released or the provider goes offline."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
@@ -50,7 +54,10 @@ def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.post("/providers/<uuid:provider_id>/release")
+@requires("schedule", provider=True)
 def release(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """End a claim; the provider is idle again."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
-    return _claim_reply(*current_registry().claims.release(str(provider_id), claim_id))
+    return _claim_reply(
+        *current_registry().claims.release(str(provider_id), claim_id, provider_token_hash())
+    )

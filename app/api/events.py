@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from ..auth import requires
 from ..registry import current_registry
 from ..schemas import EventsQuerySchema
 from .parsing import query_args
@@ -12,6 +13,7 @@ EVENTS_QUERY = EventsQuerySchema()
 
 
 @bp.get("/providers/events")
+@requires("read")
 def events() -> Response:
     """Return the events after `after`, waiting up to `wait` seconds for one to come.
 

@@ -6,6 +6,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from ..auth import provider_token_hash, registration, requires
 from ..registry import current_registry
 from ..schemas import HeartbeatSchema, ListQuerySchema, ProviderDetailsSchema, RegisterSchema
 from .conditional import if_match_versions
@@ -23,53 +24,68 @@ def _location(provider_id: str) -> str:
 
 
 @bp.post("/providers")
+@requires("register", provider=True)
 def register_provider() -> tuple[Response, int, dict[str, str]]:
     """Register a provider, or refresh the one whose `id` the daemon kept."""
     registry = current_registry()
     data = json_body(REGISTER)
-    provider_id = data.pop("id", None) or str(uuid.uuid4())
+    given_id = data.pop("id", None)
+    provider_id = given_id or str(uuid.uuid4())
     status = data.pop("status", None) or "idle"
-    provider, created, now = registry.store.register(provider_id, data, status)
+    auth = registration(id_given=given_id is not None)
+    provider, created, now = registry.store.register(
+        provider_id, data, status, auth.token_hash, auth.expected
+    )
     body = provider.to_json(now) | registry.rhythm()
+    if auth.issued(created):
+        body["provider_token"] = auth.token
     headers = {"Location": _location(provider.id), "ETag": provider.etag}
     return jsonify(body), (201 if created else 200), headers
 
 
 @bp.route("/providers/<uuid:provider_id>/status", methods=["PUT", "PATCH"])
 @bp.post("/providers/<uuid:provider_id>/heartbeat")
+@requires("schedule", provider=True)
 def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Renew the lease; optionally set the status and report live GPU metrics."""
     registry = current_registry()
     data = json_body(HEARTBEAT, optional=True)
     lease = registry.store.heartbeat(
-        str(provider_id), data.get("status"), data.get("gpu_metrics"), if_match_versions()
+        str(provider_id), data.get("status"), data.get("gpu_metrics"), if_match_versions(),
+        provider_token_hash(),
     )
     return jsonify(lease.to_json() | registry.rhythm()), 200, {"ETag": lease.etag}
 
 
 @bp.put("/providers/<uuid:provider_id>")
+@requires(provider=True)
 def update_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Replace a provider's details; status and lease are untouched."""
     data = json_body(DETAILS)
-    provider, now = current_registry().store.update(str(provider_id), data, if_match_versions())
+    provider, now = current_registry().store.update(
+        str(provider_id), data, if_match_versions(), provider_token_hash()
+    )
     return jsonify(provider.to_json(now)), 200, {"ETag": provider.etag}
 
 
 @bp.get("/providers/<uuid:provider_id>")
+@requires("read", provider=True)
 def get_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Return a provider with its effective status, lease deadline and version (ETag)."""
-    provider, now = current_registry().store.get(str(provider_id))
+    provider, now = current_registry().store.get(str(provider_id), provider_token_hash())
     return jsonify(provider.to_json(now)), 200, {"ETag": provider.etag}
 
 
 @bp.delete("/providers/<uuid:provider_id>")
+@requires(provider=True)
 def delete_provider(provider_id: uuid.UUID) -> tuple[str, int]:
     """Deregister a provider."""
-    current_registry().store.delete(str(provider_id), if_match_versions())
+    current_registry().store.delete(str(provider_id), if_match_versions(), provider_token_hash())
     return "", 204
 
 
 @bp.get("/providers")
+@requires("read")
 def list_providers() -> tuple[Response, int, dict[str, str]]:
     """List providers that match the filters, one page at a time, in a stable order."""
     args = query_args(LIST_QUERY, repeatable=("status",))

@@ -1,7 +1,9 @@
 """Schemas of claim requests and of the event feed's parameters."""
 from __future__ import annotations
 
-from marshmallow import fields, validate
+import re
+
+from marshmallow import ValidationError, fields, validate
 
 from .fields import Name, StrictBoolean, StrictInteger
 from .providers import MAX_GPUS, MAX_VRAM_MB, SORTS, _Strict
@@ -28,8 +30,21 @@ class ClaimIdSchema(_Strict):
     claim_id = fields.UUID(required=True)
 
 
+STREAM_ID_PART_MAX = 2**64 - 1
+
+
+def _stream_id_in_range(value: str) -> None:
+    # Redis stream IDs are two unsigned 64-bit integers; a larger one is a Redis error (a 503),
+    # and so is asking for what comes after the largest one.
+    if not re.fullmatch(r"[0-9]+(-[0-9]+)?", value):
+        return  # not an ID at all: the pattern reports it
+    parts = [int(part) for part in value.split("-")]
+    if any(part > STREAM_ID_PART_MAX for part in parts) or parts == [STREAM_ID_PART_MAX] * 2:
+        raise ValidationError("Must be a stream ID whose parts fit in 64 bits.")
+
+
 class EventsQuerySchema(_Strict):
     """Query parameters of `GET /providers/events`."""
 
-    after = fields.String(validate=validate.Regexp(r"^\d{1,20}(-\d{1,20})?$", error="Must be a stream ID such as 1700000000000-0, or 0."))
+    after = fields.String(validate=[validate.Regexp(r"^[0-9]{1,20}(-[0-9]{1,20})?$", error="Must be a stream ID such as 1700000000000-0, or 0."), _stream_id_in_range])
     wait = fields.Float(load_default=0, validate=validate.Range(0, 30))

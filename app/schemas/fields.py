@@ -45,17 +45,29 @@ def _no_control_characters(value: str) -> None:
         raise ValidationError("Must not be blank.")
 
 
+# The same rule as a JSON Schema pattern, for the published contract.
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+
+
 class Name(fields.String):
     """A non-blank string of 1 to 256 characters without control characters."""
 
     def __init__(self, max_length: int = MAX_NAME, **kwargs: Any) -> None:
+        metadata = {"pattern": NAME_PATTERN, **kwargs.pop("metadata", {})}
         super().__init__(
-            validate=[validate.Length(min=1, max=max_length), _no_control_characters], **kwargs
+            validate=[validate.Length(min=1, max=max_length), _no_control_characters],
+            metadata=metadata,
+            **kwargs,
         )
 
 
 class IPAddress(fields.String):
     """An IPv4 or IPv6 address, kept as its compressed text."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        # For the published contract (and the cases generated from it).
+        any_of = [{"format": "ipv4"}, {"format": "ipv6"}]
+        super().__init__(metadata={"anyOf": any_of, **kwargs.pop("metadata", {})}, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)

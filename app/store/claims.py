@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..errors import ClaimMismatch, NoCapacity, ProviderNotFound
 from ..models import Filters, Provider
-from .providers import NOT_FOUND, ProviderStore
+from .providers import NOT_FOUND, TOKEN_MISMATCH, ProviderStore, token_mismatch
 from .scripts import load_script, pairs, wrap_errors
 
 NO_CAPACITY, CLAIM_MISMATCH = -2, -4
@@ -63,15 +63,26 @@ class ClaimStore:
         """Make a claim last until released or until the provider goes offline."""
         return self._apply(provider_id, "confirm", claim_id)
 
-    def release(self, provider_id: str, claim_id: str) -> tuple[Provider, int]:
-        """End a claim; the provider is idle again."""
-        return self._apply(provider_id, "release", claim_id)
+    def release(self, provider_id: str, claim_id: str, expected_token_hash: str = "") -> tuple[Provider, int]:
+        """End a claim; the provider is idle again.
+
+        Args:
+            expected_token_hash: the SHA-256 of the daemon's own token when it releases, or ""
+                when the caller's role allows it (a scheduler).
+        """
+        return self._apply(provider_id, "release", claim_id, expected_token_hash)
 
     @wrap_errors
-    def _apply(self, provider_id: str, op: str, claim_id: str) -> tuple[Provider, int]:
-        code, now, flat = self.providers.run_script(self._op, [], [provider_id, op, claim_id])
+    def _apply(
+        self, provider_id: str, op: str, claim_id: str, expected_token_hash: str = ""
+    ) -> tuple[Provider, int]:
+        code, now, flat = self.providers.run_script(
+            self._op, [], [provider_id, op, claim_id, expected_token_hash]
+        )
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
+        if code == TOKEN_MISMATCH:
+            raise token_mismatch(provider_id)
         if code == CLAIM_MISMATCH:
             raise ClaimMismatch(f"claim {claim_id} is not the current claim of provider {provider_id}")
         return Provider.from_hash(pairs(flat)), now

@@ -36,6 +36,8 @@ class Keys:
         self.provider_prefix = f"{prefix}provider:"
         self.lease_prefix = f"{prefix}lease:"
         self.tmp_prefix = f"{prefix}tmp:"
+        # flask-limiter's counters; its storage adds ":" and its own key after this.
+        self.ratelimit_prefix = f"{prefix}ratelimit"
 
     def provider(self, provider_id: str) -> str:
         """Hash of one provider's fields."""

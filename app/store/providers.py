@@ -1,13 +1,14 @@
 """The provider store: every read and write of providers, each one round trip to Redis."""
 from __future__ import annotations
 
+import hmac
 import json
 from collections import defaultdict
 from typing import Any
 
 import redis
 
-from ..errors import ProviderNotFound, VersionMismatch
+from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
 from ..models import DETAIL_FIELDS, Filters, Lease, Page, Provider, Transition
 from .keys import STATUSES, Keys, canonical_name, fold_name
 from .scripts import ScriptContext, load_script, pairs, wrap_errors
@@ -20,7 +21,14 @@ LIVE_GPU_FIELDS = (
     "power_draw_w",
     "is_healthy",
 )
-NOT_FOUND, VERSION_MISMATCH = -1, -3
+NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH = -1, -2, -3
+# The credential check meaning "the provider must not exist yet" (see write.lua).
+MUST_BE_NEW = "!"
+
+
+def token_mismatch(provider_id: str) -> Unauthorized:
+    # One answer whether the provider has another token or the token is someone else's.
+    return Unauthorized(f"the credential is not valid for provider {provider_id}", invalid=True)
 
 
 def _dumps(value: Any) -> str:
@@ -92,6 +100,7 @@ class ProviderStore:
         self._delete = load_script(client, "delete")
         self._sweep = load_script(client, "sweep")
         self._query = load_script(client, "query", "select")
+        self._rotate = load_script(client, "rotate")
 
     def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`."""
@@ -114,27 +123,54 @@ class ProviderStore:
         return args
 
     @wrap_errors
-    def register(self, provider_id: str, details: dict[str, Any], status: str) -> tuple[Provider, bool, int]:
+    def register(
+        self,
+        provider_id: str,
+        details: dict[str, Any],
+        status: str,
+        token_hash: str = "",
+        expected_token_hash: str = "",
+    ) -> tuple[Provider, bool, int]:
         """Create or replace a provider and start its lease; ends any claim it had.
 
+        Args:
+            token_hash: SHA-256 of a new provider token, kept on creation or on a replacement
+                that checked no token; "" keeps the stored one.
+            expected_token_hash: "" for no check, MUST_BE_NEW to refuse replacing, else the
+                SHA-256 the stored token hash must equal.
         Returns:
             The provider, whether it was created, and the server time in ms.
+        Raises:
+            Unauthorized: the token does not match. Forbidden: MUST_BE_NEW and it exists.
         """
         code, now, flat = self.run_script(
-            self._write, [], [provider_id, "register", self.lease_ttl_ms, status, "", *self._detail_args(details)]
+            self._write, [],
+            [provider_id, "register", self.lease_ttl_ms, status, "", token_hash, expected_token_hash,
+             *self._detail_args(details)],
         )
+        if code == TOKEN_MISMATCH:
+            if expected_token_hash == MUST_BE_NEW:
+                raise Forbidden(
+                    f"provider {provider_id} exists: re-registering it needs its token or an admin key"
+                )
+            raise token_mismatch(provider_id)
         return Provider.from_hash(pairs(flat)), code == 1, now
 
     @wrap_errors
-    def update(self, provider_id: str, details: dict[str, Any], if_match: str = "") -> tuple[Provider, int]:
-        """Replace a provider's details; its status and lease stay as they are.
+    def update(
+        self, provider_id: str, details: dict[str, Any], if_match: str = "", expected_token_hash: str = ""
+    ) -> tuple[Provider, int]:
+        """Replace a provider's details; its status, lease and token stay as they are.
 
         Raises:
             ProviderNotFound: no provider has this ID.
+            Unauthorized: `expected_token_hash` is not the provider's.
             VersionMismatch: `if_match` (comma list of versions) does not hold the version.
         """
         code, now, flat = self.run_script(
-            self._write, [], [provider_id, "update", self.lease_ttl_ms, "", if_match, *self._detail_args(details)]
+            self._write, [],
+            [provider_id, "update", self.lease_ttl_ms, "", if_match, "", expected_token_hash,
+             *self._detail_args(details)],
         )
         return self._checked(provider_id, code, flat), now
 
@@ -145,11 +181,13 @@ class ProviderStore:
         status: str | None = None,
         gpu_metrics: list[dict[str, Any]] | None = None,
         if_match: str = "",
+        expected_token_hash: str = "",
     ) -> Lease:
         """Renew a provider's lease, set its status, merge live GPU metrics by position.
 
         Raises:
             ProviderNotFound: no provider has this ID.
+            Unauthorized: `expected_token_hash` is given and is not the provider's.
             VersionMismatch: `if_match` does not hold the provider's version.
         """
         metrics = ""
@@ -157,10 +195,13 @@ class ProviderStore:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
             metrics = _dumps(live)
         code, now, fields = self.run_script(
-            self._heartbeat, [], [provider_id, self.lease_ttl_ms, status or "", metrics, if_match]
+            self._heartbeat, [],
+            [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash],
         )
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
+        if code == TOKEN_MISMATCH:
+            raise token_mismatch(provider_id)
         stored, last_seen, deadline, version = fields
         if code == VERSION_MISMATCH:
             raise VersionMismatch(int(version))
@@ -169,17 +210,20 @@ class ProviderStore:
     def _checked(self, provider_id: str, code: int, flat: list[str]) -> Provider:
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
+        if code == TOKEN_MISMATCH:
+            raise token_mismatch(provider_id)
         provider = Provider.from_hash(pairs(flat))
         if code == VERSION_MISMATCH:
             raise VersionMismatch(provider.version)
         return provider
 
     @wrap_errors
-    def get(self, provider_id: str) -> tuple[Provider, int]:
+    def get(self, provider_id: str, expected_token_hash: str = "") -> tuple[Provider, int]:
         """Return a provider and the server time in ms.
 
         Raises:
             ProviderNotFound: no provider has this ID.
+            Unauthorized: `expected_token_hash` is given and is not the provider's.
         """
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
@@ -187,21 +231,42 @@ class ProviderStore:
         (seconds, micros), fields = pipe.execute()
         if not fields:
             raise ProviderNotFound(provider_id)
+        if expected_token_hash and not hmac.compare_digest(
+            fields.get("token_hash", ""), expected_token_hash
+        ):
+            raise token_mismatch(provider_id)
         return Provider.from_hash(fields), seconds * 1000 + micros // 1000
 
     @wrap_errors
-    def delete(self, provider_id: str, if_match: str = "") -> None:
+    def delete(self, provider_id: str, if_match: str = "", expected_token_hash: str = "") -> None:
         """Deregister a provider and remove it from every index; ends any claim.
 
         Raises:
             ProviderNotFound: no provider has this ID.
+            Unauthorized: `expected_token_hash` is given and is not the provider's.
             VersionMismatch: `if_match` does not hold the provider's version.
         """
-        code, version = self.run_script(self._delete, [], [provider_id, if_match])
+        code, version = self.run_script(self._delete, [], [provider_id, if_match, expected_token_hash])
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
+        if code == TOKEN_MISMATCH:
+            raise token_mismatch(provider_id)
         if code == VERSION_MISMATCH:
             raise VersionMismatch(version)
+
+    @wrap_errors
+    def rotate_token(self, provider_id: str, new_token_hash: str, expected_token_hash: str = "") -> None:
+        """Replace a provider's token hash; the old token stops working at once.
+
+        Raises:
+            ProviderNotFound: no provider has this ID.
+            Unauthorized: `expected_token_hash` is given and is not the provider's.
+        """
+        code = self.run_script(self._rotate, [], [provider_id, expected_token_hash, new_token_hash])
+        if code == NOT_FOUND:
+            raise ProviderNotFound(provider_id)
+        if code == TOKEN_MISMATCH:
+            raise token_mismatch(provider_id)
 
     def filter_keys(self, filters: Filters) -> list[str]:
         """Return the filter KEYS of select.lua for `filters`."""

@@ -2,13 +2,19 @@
 -- KEYS[1..6] the registry's fixed keys (lib.lua)
 -- ARGV[1..4] the registry's fixed arguments (lib.lua)
 -- ARGV[5] provider ID    ARGV[6] "renew", "confirm" or "release"    ARGV[7] claim ID
+-- ARGV[8] SHA-256 of the caller's provider token (a daemon releasing its own claim), which
+--         must equal the stored token_hash, or "" when the caller's role allows it without one
 -- Returns {code, now_ms, the provider hash as a flat list}: code 1 done, -1 no such provider,
+-- -2 the token does not match (nothing changed, empty list),
 -- -4 the claim ID is not the provider's current claim (ended, lapsed, or another one).
 local a = CTX_ARGS
-local id, op, claim_id = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+local id, op, claim_id, token = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] or ''
 
 local h = read_state(id)
 if not h then return {-1, ctx.now, {}} end
+if token ~= '' and redis.call('HGET', hkey(id), 'token_hash') ~= token then
+  return {-2, ctx.now, {}}
+end
 settle(id, h)
 if h.claim_id ~= claim_id then return {-4, ctx.now, reply(id)} end
 

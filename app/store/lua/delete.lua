@@ -2,12 +2,16 @@
 -- KEYS[1..6] the registry's fixed keys (lib.lua)
 -- ARGV[1..4] the registry's fixed arguments (lib.lua)
 -- ARGV[5] provider ID    ARGV[6] If-Match versions ("" for any)
--- Returns {code, version}: code 1 deleted, -1 no such provider, -3 If-Match failed.
+-- ARGV[7] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+--         or "" when the caller's role allows it without one
+-- Returns {code, version}: code 1 deleted, -1 no such provider, -2 the token does not match
+-- (nothing deleted, version 0), -3 If-Match failed.
 local a = CTX_ARGS
-local id, if_match = ARGV[a + 1], ARGV[a + 2]
+local id, if_match, token = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
 
 local h = read_state(id)
 if not h then return {-1, 0} end
+if token ~= '' and redis.call('HGET', hkey(id), 'token_hash') ~= token then return {-2, 0} end
 if not version_matches(h, if_match) then return {-3, tonumber(h.version) or 0} end
 settle(id, h)
 end_claim(id, h, 'deregistered')

@@ -4,14 +4,20 @@
 -- ARGV[5] provider ID    ARGV[6] lease TTL in ms    ARGV[7] new status, or "" to keep it
 -- ARGV[8] GPU metrics as a JSON list matched to the GPUs by position, or ""
 -- ARGV[9] If-Match versions ("" for any)
+-- ARGV[10] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+--          or "" when the caller's role allows it without one
 -- Returns {code, now_ms, {status, last_seen_at, lease_expires_at, version}}: code 1 renewed,
--- -1 no such provider, -3 If-Match failed (a heartbeat answers little: it is the hot path).
+-- -1 no such provider, -2 the token does not match (nothing changed, empty list),
+-- -3 If-Match failed (a heartbeat answers little: it is the hot path).
 local a = CTX_ARGS
-local id, ttl, wanted, metrics, if_match =
-  ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+local id, ttl, wanted, metrics, if_match, token =
+  ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
 
 local h = read_state(id)
 if not h then return {-1, ctx.now, {}} end
+if token ~= '' and redis.call('HGET', hkey(id), 'token_hash') ~= token then
+  return {-2, ctx.now, {}}
+end
 local function ack()
   return redis.call('HMGET', hkey(id), 'status', 'last_seen_at', 'lease_expires_at', 'version')
 end

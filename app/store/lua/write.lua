@@ -4,22 +4,35 @@
 -- ARGV[1..4] the registry's fixed arguments (lib.lua)
 -- ARGV[5] provider ID    ARGV[6] mode: "register" or "update"    ARGV[7] lease TTL in ms
 -- ARGV[8] status to set on register    ARGV[9] If-Match versions ("" for any)
--- ARGV[10] n, the number of detail fields, then n field/value pairs (a value "" removes the
+-- ARGV[10] SHA-256 of a new provider token: stored when the provider is created, or replaced
+--          by a caller that presented no token (admin); "" keeps the stored one
+-- ARGV[11] credential check: "" none (the caller's role allows it), "!" the provider must not
+--          exist yet, else the SHA-256 that the stored token_hash must equal
+-- ARGV[12] n, the number of detail fields, then n field/value pairs (a value "" removes the
 --          field), then index key/score pairs to the end
 -- Returns {code, now_ms, the provider hash as a flat list}: code 1 created, 0 replaced or
--- updated, -1 no such provider (update), -3 If-Match failed.
+-- updated, -1 no such provider (update), -2 the credential check failed (nothing changed,
+-- empty list), -3 If-Match failed.
 local a = CTX_ARGS
-local id, mode, ttl, status, if_match =
-  ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5]
+local id, mode, ttl, status, if_match, new_token, expected =
+  ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
 local hash = hkey(id)
 
 local h = read_state(id)
 if mode == 'update' and not h then return {-1, ctx.now, {}} end
+-- The credential first: a caller without it learns nothing, not even the version.
+local stored_token = h and redis.call('HGET', hash, 'token_hash')
+if expected ~= '' and not (expected == '!' and not h) and stored_token ~= expected then
+  return {-2, ctx.now, {}}
+end
 if h and not version_matches(h, if_match) then return {-3, ctx.now, reply(id)} end
+if new_token ~= '' and (not h or expected == '') then
+  redis.call('HSET', hash, 'token_hash', new_token)
+end
 
-local n = tonumber(ARGV[a + 6])
+local n = tonumber(ARGV[a + 8])
 local names, values, new_summary, gpus_json, gpu_keys = {}, {}, '', '[]', ''
-for i = a + 7, a + 6 + 2 * n, 2 do
+for i = a + 9, a + 8 + 2 * n, 2 do
   names[#names + 1], values[#values + 1] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'summary' then new_summary = ARGV[i + 1]
   elseif ARGV[i] == 'gpus' then gpus_json = ARGV[i + 1]
@@ -50,7 +63,7 @@ for i, name in ipairs(names) do
   end
 end
 local index_keys = {}
-for i = a + 7 + 2 * n, #ARGV, 2 do
+for i = a + 9 + 2 * n, #ARGV, 2 do
   redis.call('ZADD', ARGV[i], ARGV[i + 1], id)
   index_keys[#index_keys + 1] = ARGV[i]
 end

@@ -1,0 +1,122 @@
+"""Rate limits: heartbeats per provider, requests per client, 429 with Retry-After."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+import redis
+from flask import Flask
+
+from app import create_app
+from app.config import ConfigError, Settings, load_settings
+from app.registry import EXTENSION
+
+from .conftest import ADMIN_KEY, READ_KEY, bearer_client, provider_body, register_daemon
+
+
+def limited_app(settings: Settings, **limits: object) -> Flask:
+    app = create_app(Settings(**{**settings.__dict__, **limits}))
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def tight_heartbeats(settings: Settings, redis_db: redis.Redis) -> Iterator[Flask]:
+    app = limited_app(settings, rate_limit_heartbeat="3/minute")
+    yield app
+    app.extensions[EXTENSION].close()
+
+
+@pytest.fixture
+def tight_clients(settings: Settings, redis_db: redis.Redis) -> Iterator[Flask]:
+    app = limited_app(settings, rate_limit_per_client="5/minute")
+    yield app
+    app.extensions[EXTENSION].close()
+
+
+def test_heartbeats_past_the_per_provider_limit_get_429_with_retry_after(tight_heartbeats: Flask) -> None:
+    daemon = register_daemon(tight_heartbeats)
+    url = f"/providers/{daemon.id}/heartbeat"
+    assert [daemon.client.post(url).status_code for _ in range(3)] == [200, 200, 200]
+    refused = daemon.client.post(url)
+    assert refused.status_code == 429
+    assert refused.get_json()["code"] == "too_many_requests"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 61
+    # Status changes go through the same allowance.
+    assert daemon.client.put(f"/providers/{daemon.id}/status", json={"status": "busy"}).status_code == 429
+
+
+def test_one_providers_heartbeats_do_not_use_up_anothers_allowance(tight_heartbeats: Flask) -> None:
+    first, second = register_daemon(tight_heartbeats), register_daemon(tight_heartbeats)
+    for _ in range(4):
+        first.client.post(f"/providers/{first.id}/heartbeat")
+    assert second.client.post(f"/providers/{second.id}/heartbeat").status_code == 200
+
+
+def test_refused_heartbeats_with_a_forged_token_do_not_use_up_the_providers_allowance(
+    tight_heartbeats: Flask,
+) -> None:
+    daemon = register_daemon(tight_heartbeats)
+    forger = bearer_client(tight_heartbeats, "forged-token")
+    for _ in range(5):
+        assert forger.post(f"/providers/{daemon.id}/heartbeat").status_code == 401
+    assert daemon.client.post(f"/providers/{daemon.id}/heartbeat").status_code == 200
+
+
+def test_requests_past_the_per_client_limit_get_429_and_other_clients_are_unaffected(
+    tight_clients: Flask,
+) -> None:
+    reader = bearer_client(tight_clients, READ_KEY)
+    statuses = [reader.get("/providers").status_code for _ in range(6)]
+    assert statuses == [200] * 5 + [429]
+    assert int(reader.get("/providers").headers["Retry-After"]) >= 1
+    assert bearer_client(tight_clients, ADMIN_KEY).get("/providers").status_code == 200
+
+
+def test_unknown_credentials_share_the_address_bucket_instead_of_getting_fresh_ones(
+    tight_clients: Flask,
+) -> None:
+    statuses = [bearer_client(tight_clients, f"guess-{i}").get("/providers").status_code for i in range(6)]
+    assert statuses == [401] * 5 + [429]
+
+
+def test_health_is_never_rate_limited(tight_clients: Flask) -> None:
+    anonymous = bearer_client(tight_clients, None)
+    assert {anonymous.get("/health").status_code for _ in range(8)} == {200}
+
+
+def test_accepted_requests_carry_no_retry_after(tight_heartbeats: Flask) -> None:
+    daemon = register_daemon(tight_heartbeats)
+    assert "Retry-After" not in daemon.client.post(f"/providers/{daemon.id}/heartbeat").headers
+
+
+def test_rate_limit_counters_live_under_the_registry_key_prefix(
+    tight_heartbeats: Flask, redis_db: redis.Redis
+) -> None:
+    daemon = register_daemon(tight_heartbeats)
+    daemon.client.post(f"/providers/{daemon.id}/heartbeat")
+    counters = redis_db.keys("*LIMITER*")
+    assert counters and all(key.startswith("registry:ratelimit:") for key in counters)
+    assert any(daemon.id in key for key in counters)
+
+
+def test_rate_limiting_can_be_turned_off(settings: Settings, redis_db: redis.Redis) -> None:
+    app = limited_app(settings, rate_limit_enabled=False, rate_limit_per_client="1/minute")
+    try:
+        reader = bearer_client(app, READ_KEY)
+        assert {reader.get("/providers").status_code for _ in range(3)} == {200}
+        assert redis_db.keys("*LIMITER*") == []
+    finally:
+        app.extensions[EXTENSION].close()
+
+
+@pytest.mark.parametrize("key", ["REGISTRY_RATE_LIMIT_PER_CLIENT", "REGISTRY_RATE_LIMIT_HEARTBEAT"])
+def test_a_rate_limit_that_does_not_parse_is_a_config_error(tmp_path, key: str) -> None:
+    with pytest.raises(ConfigError, match="rate limit"):
+        load_settings(tmp_path / "c.yaml", env={key: "lots per day"})
+
+
+def test_registration_is_limited_per_client_too(tight_clients: Flask) -> None:
+    admin = bearer_client(tight_clients, ADMIN_KEY)
+    statuses = [admin.post("/providers", json=provider_body()).status_code for _ in range(6)]
+    assert statuses == [201] * 5 + [429]

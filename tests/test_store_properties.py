@@ -1,0 +1,154 @@
+"""Property: any sequence of writes leaves the indexes equal to a recomputation from the hashes.
+
+Hypothesis draws sequences of register, heartbeat, status change, update and delete over a
+few provider IDs and a few (partly hostile) model names, runs them through the store, then
+rebuilds every index from the provider hashes alone and compares it with what Redis holds.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import redis
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from app.errors import ProviderNotFound
+from app.registry import Registry
+from app.store.keys import LIVE_STATUSES, STATUSES, Keys
+from app.store.providers import gpu_token, index_entries
+
+IDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(2)]
+# Few names, so that providers are often regular (one canonical model) and writes can flip
+# them between regular and irregular; "a100 " is "A100" canonically, the others are hostile.
+MODELS = ["A100", "a100 ", "A100:2", "RTX*4090 ünï"]
+EXAMPLES = 200
+
+gpus = st.lists(
+    st.fixed_dictionaries(
+        {
+            "model_name": st.sampled_from([*MODELS[:2] * 4, *MODELS]),
+            "vram_mb": st.sampled_from([8192, 24576, 81920]),
+            "driver_version": st.just("550"),
+            "is_healthy": st.sampled_from([True, True, True, False]),
+        },
+        optional={"architecture": st.sampled_from(["ampere", "AMPERE", "Ada Lovelace"])},
+    ),
+    min_size=1,
+    max_size=4,
+)
+details = st.fixed_dictionaries(
+    {"owner_id": st.just("o"), "name": st.just("n"), "gpus": gpus, "metadata": st.just({})},
+    optional={"location": st.sampled_from(["eu-west", "EU-WEST", "us:east", "*"])},
+)
+provider_id = st.sampled_from(IDS)
+register = st.tuples(st.just("register"), provider_id, details, st.sampled_from(LIVE_STATUSES))
+metrics = st.tuples(st.just("metrics"), provider_id, st.none(), st.lists(st.booleans(), min_size=1, max_size=4))
+# Registrations and metrics weigh double: together they flip providers (ir)regular.
+operations = st.one_of(
+    register,
+    register,
+    metrics,
+    metrics,
+    st.tuples(st.just("heartbeat"), provider_id, st.none(), st.none()),
+    st.tuples(st.just("status"), provider_id, st.none(), st.sampled_from(STATUSES)),
+    st.tuples(st.just("update"), provider_id, details, st.none()),
+    st.tuples(st.just("delete"), provider_id, st.none(), st.none()),
+)
+
+
+def apply(registry: Registry, op: tuple[str, str, Any, Any]) -> None:
+    kind, pid, body, extra = op
+    store = registry.store
+    try:
+        if kind == "register":
+            store.register(pid, body, extra)
+        elif kind == "heartbeat":
+            store.heartbeat(pid)
+        elif kind == "status":
+            store.heartbeat(pid, status=extra)
+        elif kind == "metrics":
+            store.heartbeat(pid, gpu_metrics=[{"is_healthy": healthy} for healthy in extra])
+        elif kind == "update":
+            store.update(pid, body)
+        else:
+            store.delete(pid)
+    except ProviderNotFound:
+        pass  # an operation on an ID not registered (yet or any more) changes nothing
+
+
+def recomputed(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Every index as the provider hashes alone say it should be."""
+    zsets: dict[str, dict[str, float]] = defaultdict(dict)
+    irregular = set()
+    for hash_key in client.scan_iter(match=f"{keys.provider_prefix}*"):
+        fields = client.hgetall(hash_key)
+        pid, gpus_list = fields["id"], json.loads(fields["gpus"])
+        entries = index_entries(keys, {"gpus": gpus_list, "location": fields.get("location")})
+        for key, score in entries:
+            zsets[key][pid] = float(score)
+        assert set(fields["index_keys"].split()) == {key for key, _ in entries}
+        zsets[keys.status(fields["status"])][pid] = 0.0
+        zsets[keys.providers][pid] = 0.0
+        if fields["status"] != "offline":
+            zsets[keys.leases][pid] = float(fields["lease_expires_at"])
+            assert client.exists(keys.lease(pid))
+        # Regular: every GPU of one canonical model and architecture (VRAM may differ).
+        tokens = {gpu_token(gpu).rsplit("|", 1)[0] for gpu in gpus_list}
+        if len(tokens) > 1 or any(gpu.get("is_healthy") is False for gpu in gpus_list):
+            irregular.add(pid)
+    return {"zsets": dict(zsets), "irregular": irregular}
+
+
+def stored(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Every index as Redis holds it."""
+    zsets = {}
+    for key in client.scan_iter(match=f"{keys.prefix}*"):
+        if client.type(key) == "zset":
+            zsets[key] = dict(client.zrange(key, 0, -1, withscores=True))
+    return {"zsets": zsets, "irregular": client.smembers(keys.irregular)}
+
+
+def _body(*models: str, healthy: bool = True, location: str | None = "eu-west") -> dict[str, Any]:
+    gpus = [{"model_name": m, "vram_mb": 81920, "driver_version": "550", "is_healthy": healthy} for m in models]
+    body: dict[str, Any] = {"owner_id": "o", "name": "n", "gpus": gpus, "metadata": {}}
+    if location:
+        body["location"] = location
+    return body
+
+
+# Sequences known to be delicate run first, every time; the drawn ones explore the rest.
+@example(ops=[  # live metrics turn a provider irregular, then regular again
+    ("register", IDS[0], _body("A100"), "idle"),
+    ("metrics", IDS[0], None, [False]),
+    ("metrics", IDS[0], None, [True]),
+])
+@example(ops=[  # names equal once canonical share an index; a replacement moves every index
+    ("register", IDS[0], _body("A100", "a100 "), "busy"),
+    ("update", IDS[0], _body("A100:2", "RTX*4090 ünï", location="us:east"), None),
+    ("register", IDS[1], _body("a100 ", healthy=False, location=None), "idle"),
+    ("delete", IDS[0], None, None),
+])
+@example(ops=[  # offline and back through every status set
+    ("register", IDS[0], _body("A100"), "maintenance"),
+    ("status", IDS[0], None, "offline"),
+    ("heartbeat", IDS[0], None, None),
+    ("status", IDS[0], None, "error"),
+])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=st.lists(operations, min_size=1, max_size=15))
+def test_any_sequence_of_writes_leaves_indexes_equal_to_a_recomputation_from_the_hashes(
+    registry: Registry, redis_db: redis.Redis, ops: list[tuple[str, str, Any, Any]]
+) -> None:
+    redis_db.flushall()
+    for op in ops:
+        apply(registry, op)
+    keys = registry.store.keys
+    assert stored(redis_db, keys) == recomputed(redis_db, keys)
+    assert not redis_db.keys(f"{keys.tmp_prefix}*")  # no scratch key left behind
