@@ -1,6 +1,7 @@
 """Restore: every provider back from the latest snapshot, offline, with every index rebuilt."""
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
             state[key] = client.zrange(key, 0, -1, withscores=True)
         elif kind == "set":
             state[key] = client.smembers(key)
+        elif kind == "stream":
+            state[key] = client.xlen(key)
         else:
             state[key] = client.get(key)
     return state
@@ -72,6 +75,11 @@ def test_restore_after_a_flush_brings_back_every_provider_and_index_offline(
     for key in indexes + ["registry:providers", "registry:irregular"]:
         assert after[key] == before[key], key
     assert after["registry:status:offline"] == [(i, 0.0) for i in sorted(ids)]
+    # The capacity counters hold the same totals, all under offline now.
+    expected: Counter[str] = Counter()
+    for field, n in before["registry:counts"].items():
+        expected["offline|" + field.split("|", 1)[1]] += int(n)
+    assert {field: int(n) for field, n in after["registry:counts"].items()} == dict(expected)
     assert "registry:leases" not in after
     assert not [k for k in after if k.startswith("registry:status:") and k != "registry:status:offline"]
     for query, found in matched.items():
@@ -94,21 +102,28 @@ def test_restored_providers_come_back_online_with_a_heartbeat_under_the_same_ids
     assert providers.ids("status=offline") == []
 
 
-def test_restore_drops_pending_claims_and_keeps_every_other_field(
-    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+def test_restore_drops_claims_and_keeps_every_other_field(
+    registry: Registry, providers: Providers, client, redis_db: redis.Redis, database_url: str
 ) -> None:
     provider_id = providers.register()["id"]
+    assert client.put(f"/providers/{provider_id}", json=_details(name="renamed")).status_code == 200
+    claimed = client.post("/providers/claim", json={"count": 1, "claimant": "scheduler-a"})
+    assert claimed.status_code == 200
     key = f"registry:provider:{provider_id}"
-    redis_db.hset(key, mapping={"version": "7", "token_hash": "sha256:ab", "claim_id": "c1",
-                                "claim_expires_at": "99"})
+    redis_db.hset(key, "token_hash", "sha256:ab")  # a field the snapshot knows nothing about
+    before = redis_db.hgetall(key)
+    assert before["claimant"] == "scheduler-a" and "claim_id" in before
     take_snapshot(registry.store, database_url)
     redis_db.flushall()
 
     restore(registry.store, database_url)
 
     fields = redis_db.hgetall(key)
-    assert (fields["version"], fields["token_hash"]) == ("7", "sha256:ab")
-    assert not [name for name in fields if name.startswith("claim_")]
+    assert (fields["version"], fields["token_hash"], fields["name"]) == (before["version"], "sha256:ab", "renamed")
+    assert not [name for name in fields if name.startswith("claim")]
+    assert providers.get(provider_id)["claim"] is None
+    assert redis_db.zcard("registry:claims") == 0
+
 
 
 def test_restore_sets_the_generation_so_that_snapshots_resume(
@@ -269,3 +284,9 @@ def _body() -> dict[str, Any]:
     from .conftest import provider_body
 
     return provider_body()
+
+
+def _details(**fields: Any) -> dict[str, Any]:
+    from .conftest import provider_body
+
+    return provider_body(**fields)

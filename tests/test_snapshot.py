@@ -44,7 +44,8 @@ def test_snapshot_of_a_full_registry_has_one_row_per_provider_with_its_details(
         providers.register(name=f"rig-{i}", metadata={"rack": f"r{i}", "tags": ["a", i]})
         for i in range(5)
     ]
-    busy = providers.heartbeat(shown[0]["id"], status="busy")
+    providers.heartbeat(shown[0]["id"], status="busy")
+    busy = providers.get(shown[0]["id"])
 
     result = take_snapshot(registry.store, database_url)
 

@@ -35,6 +35,13 @@ def test_effective_status_is_offline_from_the_lease_deadline_on() -> None:
     assert effective_status(fields(lease_expires_at="garbage"), NOW) == "offline"
 
 
+def test_effective_status_is_idle_again_once_an_unconfirmed_claim_lapsed() -> None:
+    claimed = fields(claim_id="c1", claimant="s", claim_expires_at=str(NOW - 1))
+    assert effective_status(claimed, NOW) == "idle"
+    assert effective_status({**claimed, "claim_confirmed": "1"}, NOW) == "busy"
+    assert effective_status({**claimed, "claim_expires_at": str(NOW + 1)}, NOW) == "busy"
+
+
 def test_jsonb_text_replaces_nul_escapes_and_strict_mode_drops_invalid_json() -> None:
     assert jsonb_text('{"a":"x\\u0000y"}') == '{"a":"x\ufffdy"}'
     assert jsonb_text('{"a":"\\\\u0000 is text"}') == '{"a":"\\\\u0000 is text"}'

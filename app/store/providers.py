@@ -383,7 +383,6 @@ class ProviderStore:
         except (ValueError, TypeError, KeyError, AttributeError):
             # A damaged provider still comes back, outside the GPU indexes, rather than not at all.
             log.warning("restored provider has unreadable GPUs", extra={"provider_id": provider_id})
-            out.pop("summary", None)
             if out.get("location"):
                 entries = [(self.keys.location(out["location"]), 0)]
         args: list[Any] = [provider_id, "1" if irregular else "0", len(out)]
