@@ -200,18 +200,31 @@ def test_restore_keeps_a_provider_that_registered_while_it_ran(
     registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
 ) -> None:
     provider_id = providers.register(name="before")["id"]
+    other = providers.register(name="other", gpus=[gpu("RTX 4090", 24576)], location="us-east")["id"]
     take_snapshot(registry.store, database_url)
     redis_db.flushall()
     providers.register(id=provider_id, name="meanwhile")
-    (raw,), = sql(database_url, "SELECT redis_hash FROM providers")
+    counts_of_meanwhile = redis_db.hgetall("registry:counts")
+    rows = sql(database_url, "SELECT id, redis_hash FROM providers")
 
     import json
 
-    written = registry.store.restore([(provider_id, json.loads(raw))], registry.store.now_ms())
+    written = registry.store.restore([(i, json.loads(raw)) for i, raw in rows], registry.store.now_ms())
 
-    assert written == 0
+    assert written == 1
     assert providers.get(provider_id)["name"] == "meanwhile"
     assert providers.get(provider_id)["status"] == "idle"
+    assert providers.get(other)["status"] == "offline"
+    assert redis_db.zrange("registry:status:offline", 0, -1) == [other]
+    # Neither the kept provider's indexes nor its counters got the snapshot's copy of it.
+    assert redis_db.zrange("registry:gpus:1", 0, -1, withscores=True) == sorted(
+        [(provider_id, 81920.0), (other, 24576.0)], key=lambda m: (m[1], m[0]))
+    counts = redis_db.hgetall("registry:counts")
+    assert {f: n for f, n in counts.items() if f.startswith("idle|")} == counts_of_meanwhile
+    assert sorted(f for f in counts if f.startswith("offline|")) == [
+        "offline|lg|us-east", "offline|lp|us-east", "offline|mg|rtx 4090", "offline|mp|rtx 4090",
+        "offline|mv|rtx 4090", "offline|n|",
+    ]
 
 
 def test_restore_without_any_snapshot_says_there_is_nothing_to_restore(

@@ -123,6 +123,8 @@ class ProviderStore:
         self._sweep = load_script(client, "sweep")
         self._query = load_script(client, "query", "select")
         self._restore = load_script(client, "restore")
+        # restore_args's derived values by GPU shape and location (see there).
+        self._derived: dict[Any, tuple[str, str, list[tuple[str, float]], bool]] = {}
 
     def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`."""
@@ -357,47 +359,80 @@ class ProviderStore:
             deleted += self.redis.unlink(*batch)
         return deleted
 
-    def restore_args(self, provider_id: str, fields: dict[str, str], now_ms: int) -> list[Any]:
-        """Return the restore script's arguments for one provider from its snapshotted hash.
+    def restored_hash(
+        self, provider_id: str, fields: dict[str, str], now_ms: int
+    ) -> tuple[dict[str, str], list[tuple[str, float]], bool, list[list[Any]]]:
+        """Return a provider as a restore writes it back, from its snapshotted hash.
 
         The provider comes back offline and without a lease (its deadline is at most now),
         without its claim, and with its indexes and counters rebuilt by the same logic as a
         write; every other field is written back as it was.
+
+        Returns:
+            The hash, its index entries, whether it is irregular, its counter contribution.
         """
-        out = {
-            name: value for name, value in fields.items()
-            if not is_claim_field(name) and name != "index_keys"
-        }
+        out = {name: value for name, value in fields.items() if not is_claim_field(name)}
         out["status"] = "offline"
         deadline = _int_or_none(out.get("lease_expires_at"))
         if deadline is None or deadline > now_ms:
             out["lease_expires_at"] = str(now_ms)
-        entries: list[tuple[str, float]] = []
-        irregular = False
         try:
-            details = {"gpus": _fast_loads(out.get("gpus") or "[]"), "location": out.get("location")}
-            out["gpu_keys"] = " ".join(gpu_token(gpu) for gpu in details["gpus"])
-            out["summary"] = _dumps(summary_contribution(details))
-            entries = index_entries(self.keys, details)
-            irregular = is_irregular(out["gpu_keys"], details["gpus"])
+            gpus = _fast_loads(out.get("gpus") or "[]")
+            # What the indexes, counters and tokens depend on; live metrics are left out, so a
+            # fleet of a few hardware kinds computes them a few times, not once per provider.
+            shape = (out.get("location"), tuple(
+                (gpu["model_name"], gpu["vram_mb"], gpu.get("architecture"), gpu.get("is_healthy"))
+                for gpu in gpus
+            ))
+            derived = self._derived.get(shape)
+            if derived is None:
+                details = {"gpus": gpus, "location": out.get("location")}
+                gpu_keys = " ".join(gpu_token(gpu) for gpu in gpus)
+                contribution = summary_contribution(details)
+                derived = (gpu_keys, _dumps(contribution), contribution,
+                           index_entries(self.keys, details), is_irregular(gpu_keys, gpus))
+                if len(self._derived) >= 4096:
+                    self._derived.clear()
+                self._derived[shape] = derived
+            out["gpu_keys"], out["summary"], contribution, entries, irregular = derived
         except (ValueError, TypeError, KeyError, AttributeError):
             # A damaged provider still comes back, outside the GPU indexes, rather than not at all.
             log.warning("restored provider has unreadable GPUs", extra={"provider_id": provider_id})
-            if out.get("location"):
-                entries = [(self.keys.location(out["location"]), 0)]
-        args: list[Any] = [provider_id, "1" if irregular else "0", len(out)]
-        for name, value in out.items():
-            args += [name, value]
-        args.append(len(entries))
-        for key, score in entries:
-            args += [key, score]
-        return args
+            entries = [(self.keys.location(out["location"]), 0)] if out.get("location") else []
+            irregular = False
+            try:
+                contribution = json.loads(out.get("summary") or "[]")
+            except ValueError:
+                contribution = []
+        out["index_keys"] = " ".join(key for key, _ in entries)
+        return out, entries, irregular, contribution
 
     def restore_batch(self, hashes: list[tuple[str, dict[str, str]]], now_ms: int) -> list[Any]:
-        """Return the restore script's arguments for a batch of (ID, snapshotted hash)."""
-        args: list[Any] = []
+        """Return the restore script's arguments for a batch of (ID, snapshotted hash).
+
+        Index members and counters come grouped by key for the whole batch (see restore.lua).
+        """
+        providers: list[Any] = [len(hashes)]
+        groups: dict[str, list[Any]] = defaultdict(list)
+        irregular_ids: list[str] = []
+        counters: dict[str, int] = defaultdict(int)
         for provider_id, fields in hashes:
-            args += self.restore_args(provider_id, fields, now_ms)
+            out, entries, irregular, contribution = self.restored_hash(provider_id, fields, now_ms)
+            providers += [provider_id, len(out)]
+            for name, value in out.items():
+                providers += [name, value]
+            for key, score in entries:
+                groups[key] += [score, provider_id]
+            if irregular:
+                irregular_ids.append(provider_id)
+            for kind, name, n in contribution:
+                counters[f"offline|{kind}|{name}"] += n
+        args = providers + [len(groups)]
+        for key, members in groups.items():
+            args += [key, len(members) // 2, *members]
+        args += [len(irregular_ids), *irregular_ids, len(counters)]
+        for name, n in counters.items():
+            args += [name, n]
         return args
 
     @wrap_errors

@@ -3,62 +3,77 @@
 -- kept as it is.
 -- KEYS[1..6] the registry's fixed keys (lib.lua)
 -- ARGV[1..4] the registry's fixed arguments (lib.lua)
--- then, per provider: ID, irregular ("1" or "0"), n, n field/value pairs (status "offline",
--- gpu_keys and summary among them), m, m index key/score pairs
+-- then: p, and per provider: ID, n, n field/value pairs (status "offline", index_keys and
+--       summary among them);
+--       g, and per index key: the key, c, c score/ID pairs (the batch's members of that key);
+--       i, i IDs of irregular providers;
+--       k, k counter field/increment pairs (the batch's summary, under offline).
 -- Returns the number of providers written.
-local offline = ctx.status_prefix .. 'offline'
--- Members are gathered per index key and added with one ZADD per key, and counters with one
--- HINCRBY per field: a batch shares few keys, and one call per key costs far less than one
--- per provider and key.
-local by_key, key_order, counters = {}, {}, {}
-local function add(key, score, id)
-  local members = by_key[key]
-  if members == nil then
-    members = {}
-    by_key[key] = members
-    key_order[#key_order + 1] = key
-  end
-  members[#members + 1] = score
-  members[#members + 1] = id
-end
-
-local irregular_ids = {}
-local written = 0
+-- Members and counters come grouped by key: one ZADD per index key and one HINCRBY per counter
+-- for the whole batch, rather than one call per provider and key.
 local i = CTX_ARGS + 1
-while i <= #ARGV do
-  local id, irregular, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local fields_at = i + 3
-  local m_at = fields_at + 2 * n
-  local m = tonumber(ARGV[m_at])
+local skipped, any_skipped, less = {}, false, {}
+local written = {}
+
+local p = tonumber(ARGV[i]); i = i + 1
+for _ = 1, p do
+  local id, n = ARGV[i], tonumber(ARGV[i + 1])
+  local first, last = i + 2, i + 1 + 2 * n
   local hash = hkey(id)
   if redis.call('EXISTS', hash) == 0 then
-    local index_keys = {}
-    for j = m_at + 1, m_at + 2 * m, 2 do
-      add(ARGV[j], ARGV[j + 1], id)
-      index_keys[#index_keys + 1] = ARGV[j]
-    end
-    redis.call('HSET', hash, 'index_keys', table.concat(index_keys, ' '),
-      unpack(ARGV, fields_at, m_at - 1))
-    for j = fields_at, m_at - 1, 2 do
+    redis.call('HSET', hash, unpack(ARGV, first, last))
+    written[#written + 1] = 0
+    written[#written + 1] = id
+  else
+    -- Rare: take this provider back out of the batch's members and counters.
+    skipped[id], any_skipped = true, true
+    for j = first, last, 2 do
       if ARGV[j] == 'summary' and ARGV[j + 1] ~= '' then
         for _, e in ipairs(cjson.decode(ARGV[j + 1])) do
           local field = 'offline|' .. e[1] .. '|' .. e[2]
-          counters[field] = (counters[field] or 0) + e[3]
+          less[field] = (less[field] or 0) + e[3]
         end
       end
     end
-    add(ctx.providers, 0, id)
-    add(offline, 0, id)
-    if irregular == '1' then irregular_ids[#irregular_ids + 1] = id end
-    written = written + 1
   end
-  i = m_at + 1 + 2 * m
+  i = last + 1
 end
-for _, key in ipairs(key_order) do
-  redis.call('ZADD', key, unpack(by_key[key]))
+
+local g = tonumber(ARGV[i]); i = i + 1
+for _ = 1, g do
+  local key, c = ARGV[i], tonumber(ARGV[i + 1])
+  local first, last = i + 2, i + 1 + 2 * c
+  if not any_skipped then
+    redis.call('ZADD', key, unpack(ARGV, first, last))
+  else
+    local members = {}
+    for j = first, last, 2 do
+      if not skipped[ARGV[j + 1]] then
+        members[#members + 1] = ARGV[j]
+        members[#members + 1] = ARGV[j + 1]
+      end
+    end
+    if #members > 0 then redis.call('ZADD', key, unpack(members)) end
+  end
+  i = last + 1
 end
-for field, n in pairs(counters) do
-  redis.call('HINCRBY', ctx.counts, field, n)
+
+local n_irregular = tonumber(ARGV[i]); i = i + 1
+local irregular = {}
+for j = i, i + n_irregular - 1 do
+  if not skipped[ARGV[j]] then irregular[#irregular + 1] = ARGV[j] end
 end
-if #irregular_ids > 0 then redis.call('SADD', ctx.irregular, unpack(irregular_ids)) end
-return written
+i = i + n_irregular
+if #irregular > 0 then redis.call('SADD', ctx.irregular, unpack(irregular)) end
+
+local k = tonumber(ARGV[i]); i = i + 1
+for j = i, i + 2 * k - 1, 2 do
+  local n = tonumber(ARGV[j + 1]) - (less[ARGV[j]] or 0)
+  if n ~= 0 then redis.call('HINCRBY', ctx.counts, ARGV[j], n) end
+end
+
+if #written > 0 then
+  redis.call('ZADD', ctx.providers, unpack(written))
+  redis.call('ZADD', ctx.status_prefix .. 'offline', unpack(written))
+end
+return #written / 2
