@@ -73,6 +73,51 @@ def _new_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(command: str, message: str, status: int = 1) -> int:
+    print(f"provider-registry {command}: {message}", file=sys.stderr)
+    return status
+
+
+def _snapshot_command(args: argparse.Namespace) -> int:
+    """Run `snapshot` or `restore` once: a summary line, or one line saying why not."""
+    from .config import mask_url
+    from .errors import StoreUnavailable
+    from .logs import configure_logging
+    from .registry import Registry
+
+    settings = settings_or_exit()
+    configure_logging(settings.log_level)
+    if not settings.database_url:
+        return _fail(args.command, "database_url is not set (REGISTRY_DATABASE_URL)", 2)
+    try:
+        from . import snapshot
+        from .snapshot.progress import Progress
+    except ImportError as exc:
+        return _fail(args.command, f"{exc}; install provider-registry[snapshot]", 2)
+
+    registry = Registry.from_settings(settings)
+    try:
+        if args.command == "snapshot":
+            result = snapshot.take_snapshot(
+                registry.store, settings.database_url, force=args.force,
+                retention_days=settings.snapshot_retention_days, progress=Progress.for_terminal,
+            )
+        else:
+            result = snapshot.restore(
+                registry.store, settings.database_url, force=args.force, dry_run=args.dry_run,
+                progress=Progress.for_terminal,
+            )
+    except snapshot.SnapshotError as exc:
+        return _fail(args.command, str(exc))
+    except StoreUnavailable as exc:
+        return _fail(args.command, f"Redis unavailable at {mask_url(settings.redis_url)}: {exc.message}")
+    finally:
+        registry.close()
+    assert result is not None  # only a periodic snapshot skips
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="provider-registry",
@@ -99,14 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     healthcheck.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     healthcheck.set_defaults(func=_healthcheck)
-
-
     new_key = commands.add_parser(
         "new-key", help="make a service key: print it once, with its api_keys entry (a SHA-256)"
     )
     new_key.add_argument("name", help="who holds the key, e.g. scheduler-eu")
     new_key.add_argument("--roles", required=True, help="comma-separated: read,schedule,register,admin")
     new_key.set_defaults(func=_new_key)
+    snap = commands.add_parser("snapshot", help="snapshot the registry into PostgreSQL now")
+    snap.add_argument(
+        "--force",
+        action="store_true",
+        help="snapshot even though Redis lost the data set the snapshot holds (overwrites it)",
+    )
+    snap.set_defaults(func=_snapshot_command)
+    rest = commands.add_parser("restore", help="load the latest snapshot into Redis")
+    rest.add_argument("--force", action="store_true", help="replace every provider Redis holds")
+    rest.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
+    rest.set_defaults(func=_snapshot_command)
     return parser
 
 

@@ -104,6 +104,15 @@ class Settings:
     rate_limit_heartbeat: str = field(
         default="30/minute", metadata=_doc("accepted heartbeats and status changes per provider")
     )
+    snapshot_interval_s: float = field(
+        default=300.0, metadata=_doc("seconds between periodic snapshots; 0 turns them off")
+    )
+    snapshot_retention_days: int = field(
+        default=90, metadata=_doc("days of snapshot history (counts) kept; 0 keeps it all")
+    )
+    restore_on_empty: bool = field(
+        default=False, metadata=_doc("restore the latest snapshot at start when Redis is empty")
+    )
 
     def public_dict(self) -> dict[str, Any]:
         """Return the settings with passwords in URLs masked, for logs."""
@@ -226,6 +235,15 @@ def _check(settings: Settings) -> None:
         raise bad(f"events_max_len must be at least 1, got {settings.events_max_len}")
     if settings.threads < 1:
         raise bad(f"threads must be at least 1, got {settings.threads}")
+    if settings.database_url and urlsplit(settings.database_url).scheme not in ("postgresql", "postgres"):
+        raise bad(
+            "database_url must be a postgresql:// URL or empty, "
+            f"got {mask_url(settings.database_url)!r}"
+        )
+    if settings.snapshot_interval_s < 0:
+        raise bad(f"snapshot_interval_s must be 0 or more, got {settings.snapshot_interval_s}")
+    if settings.snapshot_retention_days < 0:
+        raise bad(f"snapshot_retention_days must be 0 or more, got {settings.snapshot_retention_days}")
     _check_consul(settings)
     _check_trust(settings)
 

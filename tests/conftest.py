@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -270,3 +271,42 @@ def register_daemon(app: Flask, **fields: Any) -> Daemon:
 @pytest.fixture
 def daemon(app: Flask) -> Daemon:
     return register_daemon(app)
+
+
+# PostgreSQL: one database made for the test run on the machine's server, dropped at the end.
+PG_ADMIN_URL = os.environ.get("REGISTRY_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """The URL of a database created for this test run (trust auth on 127.0.0.1)."""
+    import psycopg
+
+    name = f"registry_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_database: str) -> str:
+    """The test run's database, with an empty schema before each test."""
+    import psycopg
+
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    return pg_database
+
+
+def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run one query on the test database and return its rows."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []

@@ -14,6 +14,7 @@ from typing import Protocol
 from ..config import Settings
 from ..registry import Registry
 from .consul import ConsulRegistration
+from .snapshot import SnapshotJob
 from .sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class JobRunner:
             port = bound_port or settings.port
             self.jobs.append(ConsulRegistration(settings, port, self.registry.version))
         self.jobs.append(Sweeper(self.registry.store, settings.sweep_interval_s))
+        if settings.database_url and settings.snapshot_interval_s > 0:
+            self.jobs.append(SnapshotJob(self.registry.store, settings))
         self._stop = threading.Event()
 
     def stop(self) -> None:

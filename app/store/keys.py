@@ -6,6 +6,7 @@ form: case-folded, whitespace collapsed, then percent-encoded (`quote_plus`), so
 """
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote_plus
 
 STATUSES = ("idle", "busy", "maintenance", "error", "offline")
@@ -17,6 +18,8 @@ def fold_name(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+# Cached: a restore or a snapshot asks for the same few names hundreds of thousands of times.
+@functools.lru_cache(maxsize=65536)
 def canonical_name(name: str) -> str:
     """Return the canonical, key-safe form of a model, architecture or location name."""
     return quote_plus(fold_name(name), safe="")
@@ -38,6 +41,15 @@ class Keys:
         self.tmp_prefix = f"{prefix}tmp:"
         # flask-limiter's counters; its storage adds ":" and its own key after this.
         self.ratelimit_prefix = f"{prefix}ratelimit"
+        # Random ID of the data set, written by the first snapshot and by each restore: a
+        # Redis that lost its data has none, so a snapshot cannot mistake it for the registry.
+        self.generation = f"{prefix}generation"
+        # Held (with a lease) by whichever instance is taking a snapshot or restoring.
+        self.snapshot_lock = f"{prefix}lock:snapshot"
+
+    def pattern(self) -> str:
+        """SCAN pattern matching every key of this registry (the prefix's glob characters escaped)."""
+        return "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + "*"
 
     def provider(self, provider_id: str) -> str:
         """Hash of one provider's fields."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -29,6 +30,25 @@ MUST_BE_NEW = "!"
 def token_mismatch(provider_id: str) -> Unauthorized:
     # One answer whether the provider has another token or the token is someone else's.
     return Unauthorized(f"the credential is not valid for provider {provider_id}", invalid=True)
+
+try:  # installed with the snapshot extra: a restore parses every provider's GPUs
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = json.loads
+
+log = logging.getLogger(__name__)
+
+
+def is_claim_field(name: str) -> bool:
+    """Return whether a hash field belongs to a claim (a restore drops them: claims end)."""
+    return name.startswith("claim_") or name == "claimant"
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def _dumps(value: Any) -> str:
@@ -85,6 +105,16 @@ def summary_contribution(details: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
+def is_irregular(gpu_keys: str, gpus: list[dict[str, Any]]) -> bool:
+    """Return whether a provider belongs in the irregular set: lib.lua's rule, for a restore.
+
+    Index arithmetic alone cannot answer a per-GPU filter for it: a GPU is unhealthy, or its
+    GPUs differ in canonical model or architecture.
+    """
+    kinds = {token.rsplit("|", 1)[0] for token in gpu_keys.split()}
+    return len(kinds) > 1 or any(gpu.get("is_healthy") is False for gpu in gpus)
+
+
 class ProviderStore:
     """Providers, their leases and their indexes in Redis."""
 
@@ -101,6 +131,9 @@ class ProviderStore:
         self._sweep = load_script(client, "sweep")
         self._query = load_script(client, "query", "select")
         self._rotate = load_script(client, "rotate")
+        self._restore = load_script(client, "restore")
+        # restore_args's derived values by GPU shape and location (see there).
+        self._derived: dict[Any, tuple[str, str, list[tuple[str, float]], bool]] = {}
 
     def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`."""
@@ -334,3 +367,152 @@ class ProviderStore:
     def ping(self, client: redis.Redis | None = None) -> None:
         """Check that Redis answers, on `client` (one with tighter timeouts) or the store's own."""
         (client or self.redis).ping()
+
+    @wrap_errors
+    def now_ms(self) -> int:
+        """Return Redis server time in ms, the registry's one clock."""
+        seconds, micros = self.redis.time()
+        return seconds * 1000 + micros // 1000
+
+    @wrap_errors
+    def count(self) -> int:
+        """Return how many providers are registered."""
+        return self.redis.zcard(self.keys.providers)
+
+    @wrap_errors
+    def provider_ids(self) -> list[str]:
+        """Return the ID of every registered provider, in ID order."""
+        return self.redis.zrange(self.keys.providers, 0, -1)
+
+    @wrap_errors
+    def read_hashes(self, provider_ids: list[str]) -> tuple[int, list[tuple[str, dict[str, str]]]]:
+        """Return the server time in ms and each provider's ID and whole hash, in one round trip.
+
+        Each HGETALL is atomic, so no hash mixes two states of a provider; providers deleted
+        since their ID was listed are left out.
+        """
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.time()
+        for provider_id in provider_ids:
+            pipe.hgetall(self.keys.provider(provider_id))
+        (seconds, micros), *hashes = pipe.execute()
+        found = [(pid, fields) for pid, fields in zip(provider_ids, hashes) if fields]
+        return seconds * 1000 + micros // 1000, found
+
+    @wrap_errors
+    def generation(self) -> str | None:
+        """Return the data set's generation marker, or None when Redis has none."""
+        return self.redis.get(self.keys.generation)
+
+    @wrap_errors
+    def set_generation(self, generation: str) -> None:
+        """Set the data set's generation marker."""
+        self.redis.set(self.keys.generation, generation)
+
+    @wrap_errors
+    def wipe(self, keep: tuple[str, ...] = ()) -> int:
+        """Delete every key of this registry except `keep`; return how many were deleted."""
+        deleted = 0
+        batch: list[str] = []
+        for key in self.redis.scan_iter(match=self.keys.pattern(), count=1000):
+            if key not in keep:
+                batch.append(key)
+            if len(batch) >= 1000:
+                deleted += self.redis.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += self.redis.unlink(*batch)
+        return deleted
+
+    def restored_hash(
+        self, provider_id: str, fields: dict[str, str], now_ms: int
+    ) -> tuple[dict[str, str], list[tuple[str, float]], bool, list[list[Any]]]:
+        """Return a provider as a restore writes it back, from its snapshotted hash.
+
+        The provider comes back offline and without a lease (its deadline is at most now),
+        without its claim, and with its indexes and counters rebuilt by the same logic as a
+        write; every other field is written back as it was.
+
+        Returns:
+            The hash, its index entries, whether it is irregular, its counter contribution.
+        """
+        out = {name: value for name, value in fields.items() if not is_claim_field(name)}
+        out["status"] = "offline"
+        deadline = _int_or_none(out.get("lease_expires_at"))
+        if deadline is None or deadline > now_ms:
+            out["lease_expires_at"] = str(now_ms)
+        try:
+            gpus = _fast_loads(out.get("gpus") or "[]")
+            # What the indexes, counters and tokens depend on; live metrics are left out, so a
+            # fleet of a few hardware kinds computes them a few times, not once per provider.
+            shape = (out.get("location"), tuple(
+                (gpu["model_name"], gpu["vram_mb"], gpu.get("architecture"), gpu.get("is_healthy"))
+                for gpu in gpus
+            ))
+            derived = self._derived.get(shape)
+            if derived is None:
+                details = {"gpus": gpus, "location": out.get("location")}
+                gpu_keys = " ".join(gpu_token(gpu) for gpu in gpus)
+                contribution = summary_contribution(details)
+                derived = (gpu_keys, _dumps(contribution), contribution,
+                           index_entries(self.keys, details), is_irregular(gpu_keys, gpus))
+                if len(self._derived) >= 4096:
+                    self._derived.clear()
+                self._derived[shape] = derived
+            out["gpu_keys"], out["summary"], contribution, entries, irregular = derived
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # A damaged provider still comes back, outside the GPU indexes, rather than not at all.
+            log.warning("restored provider has unreadable GPUs", extra={"provider_id": provider_id})
+            entries = [(self.keys.location(out["location"]), 0)] if out.get("location") else []
+            irregular = False
+            try:
+                contribution = json.loads(out.get("summary") or "[]")
+            except ValueError:
+                contribution = []
+        out["index_keys"] = " ".join(key for key, _ in entries)
+        return out, entries, irregular, contribution
+
+    def restore_batch(self, hashes: list[tuple[str, dict[str, str]]], now_ms: int) -> list[Any]:
+        """Return the restore script's arguments for a batch of (ID, snapshotted hash).
+
+        Index members and counters come grouped by key for the whole batch (see restore.lua).
+        """
+        providers: list[Any] = [len(hashes)]
+        groups: dict[str, list[Any]] = defaultdict(list)
+        irregular_ids: list[str] = []
+        counters: dict[str, int] = defaultdict(int)
+        for provider_id, fields in hashes:
+            out, entries, irregular, contribution = self.restored_hash(provider_id, fields, now_ms)
+            providers += [provider_id, len(out)]
+            for name, value in out.items():
+                providers += [name, value]
+            for key, score in entries:
+                groups[key] += [score, provider_id]
+            if irregular:
+                irregular_ids.append(provider_id)
+            for kind, name, n in contribution:
+                counters[f"offline|{kind}|{name}"] += n
+        args = providers + [len(groups)]
+        for key, members in groups.items():
+            args += [key, len(members) // 2, *members]
+        args += [len(irregular_ids), *irregular_ids, len(counters)]
+        for name, n in counters.items():
+            args += [name, n]
+        return args
+
+    @wrap_errors
+    def write_restored(self, batch: list[Any]) -> int:
+        """Run the restore script on a batch from `restore_batch`; return how many it wrote.
+
+        Providers that exist already are left as they are.
+        """
+        return self.run_script(self._restore, [], batch)
+
+    def restore(self, hashes: list[tuple[str, dict[str, str]]], now_ms: int) -> int:
+        """Write back snapshotted providers (see `restore_args`) in one round trip.
+
+        Providers that exist already are left as they are. Returns how many were written.
+        """
+        if not hashes:
+            return 0
+        return self.write_restored(self.restore_batch(hashes, now_ms))

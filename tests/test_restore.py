@@ -1,0 +1,305 @@
+"""Restore: every provider back from the latest snapshot, offline, with every index rebuilt."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+import redis
+
+from app.registry import Registry
+from app.snapshot import NothingToRestore, RestoreRefused, restore, take_snapshot
+
+from .conftest import Providers, gpu, sql
+
+
+def redis_state(client: redis.Redis) -> dict[str, Any]:
+    """Every key of the registry with its value, by type."""
+    state: dict[str, Any] = {}
+    for key in client.scan_iter("registry:*"):
+        kind = client.type(key)
+        if kind == "hash":
+            state[key] = client.hgetall(key)
+        elif kind == "zset":
+            state[key] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            state[key] = client.smembers(key)
+        elif kind == "stream":
+            state[key] = client.xlen(key)
+        else:
+            state[key] = client.get(key)
+    return state
+
+
+def register_a_varied_registry(providers: Providers) -> list[str]:
+    """Providers that touch every index: models, counts, VRAM, architectures, locations, health."""
+    bodies = [
+        dict(gpus=[gpu("NVIDIA A100", 81920, architecture="ampere")] * 2, location="eu-west"),
+        dict(gpus=[gpu("NVIDIA A100", 40960, architecture="Ampere"), gpu("RTX 4090", 24576,
+             architecture="ada")], location="us-east"),
+        dict(gpus=[gpu("NVIDIA H100", 81920, architecture="hopper", is_healthy=False)], location=None),
+        dict(gpus=[gpu("Odd:Model*{x}", 1024)], location="eu west  ", metadata={"ü": "ñ"}),
+    ]
+    ids = [providers.register(name=f"rig-{i}", **body)["id"] for i, body in enumerate(bodies)]
+    providers.heartbeat(ids[0], status="busy")
+    providers.heartbeat(ids[1], status="maintenance")
+    return ids
+
+
+def test_restore_after_a_flush_brings_back_every_provider_and_index_offline(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    ids = register_a_varied_registry(providers)
+    before = redis_state(redis_db)
+    queries = ["gpu_model=nvidia a100&min_vram=50000", "min_gpus=2", "architecture=ampere",
+               "location=eu-west", "healthy_only=true", "gpu_model=odd:model*{x}", ""]
+    matched = {q: providers.ids(q) for q in queries}
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+
+    result = restore(registry.store, database_url)
+
+    assert (result.restored, result.providers) == (4, 4)
+    after = redis_state(redis_db)
+    now_ms = registry.store.now_ms()
+    for provider_id in ids:
+        key = f"registry:provider:{provider_id}"
+        old, new = dict(before[key]), dict(after[key])
+        assert new.pop("status") == "offline"
+        assert int(new.pop("lease_expires_at")) <= now_ms
+        old.pop("status"), old.pop("lease_expires_at")
+        assert new == old  # every other field exactly as it was, index_keys included
+        assert f"registry:lease:{provider_id}" not in after
+    indexes = [k for k in before if k.split(":")[1] in ("gpu", "gpus", "arch", "location")]
+    assert len(indexes) > 8
+    for key in indexes + ["registry:providers", "registry:irregular"]:
+        assert after[key] == before[key], key
+    assert after["registry:status:offline"] == [(i, 0.0) for i in sorted(ids)]
+    # The capacity counters hold the same totals, all under offline now.
+    expected: Counter[str] = Counter()
+    for field, n in before["registry:counts"].items():
+        expected["offline|" + field.split("|", 1)[1]] += int(n)
+    assert {field: int(n) for field, n in after["registry:counts"].items()} == dict(expected)
+    assert "registry:leases" not in after
+    assert not [k for k in after if k.startswith("registry:status:") and k != "registry:status:offline"]
+    for query, found in matched.items():
+        assert providers.ids(query) == found, query
+    assert [providers.get(i)["status"] for i in ids] == ["offline"] * 4
+
+
+def test_restored_providers_come_back_online_with_a_heartbeat_under_the_same_ids(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    ids = [providers.register(name=f"rig-{i}")["id"] for i in range(3)]
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+    restore(registry.store, database_url)
+
+    assert providers.ids("status=offline") == sorted(ids)
+    for provider_id in ids:
+        assert providers.heartbeat(provider_id)["status"] == "idle"
+    assert providers.ids("status=idle") == sorted(ids)
+    assert providers.ids("status=offline") == []
+
+
+def test_restore_drops_claims_and_keeps_every_other_field(
+    registry: Registry, providers: Providers, client, redis_db: redis.Redis, database_url: str
+) -> None:
+    provider_id = providers.register()["id"]
+    assert client.put(f"/providers/{provider_id}", json=_details(name="renamed")).status_code == 200
+    claimed = client.post("/providers/claim", json={"count": 1, "claimant": "scheduler-a"})
+    assert claimed.status_code == 200
+    key = f"registry:provider:{provider_id}"
+    redis_db.hset(key, "token_hash", "sha256:ab")  # a field the snapshot knows nothing about
+    before = redis_db.hgetall(key)
+    assert before["claimant"] == "scheduler-a" and "claim_id" in before
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+
+    restore(registry.store, database_url)
+
+    fields = redis_db.hgetall(key)
+    assert (fields["version"], fields["token_hash"], fields["name"]) == (before["version"], "sha256:ab", "renamed")
+    assert not [name for name in fields if name.startswith("claim")]
+    assert providers.get(provider_id)["claim"] is None
+    assert redis_db.zcard("registry:claims") == 0
+
+
+
+def test_restore_sets_the_generation_so_that_snapshots_resume(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    providers.register()
+    taken = take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+
+    restore(registry.store, database_url)
+
+    assert taken is not None and redis_db.get("registry:generation") == taken.generation
+    assert take_snapshot(registry.store, database_url) is not None
+
+
+def test_restore_refuses_a_redis_that_already_holds_providers(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    providers.register(name="snapshotted")
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+    live = providers.register(name="live")["id"]
+    before = redis_state(redis_db)
+
+    with pytest.raises(RestoreRefused, match="Redis already holds 1 providers; .*--force"):
+        restore(registry.store, database_url)
+
+    assert redis_state(redis_db) == before
+    assert providers.ids() == [live]
+
+
+def test_forced_restore_replaces_every_provider_redis_holds(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    snapshotted = providers.register(name="snapshotted")["id"]
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+    providers.register(name="live", gpus=[gpu("RTX 4090", 24576)], location="elsewhere")
+
+    result = restore(registry.store, database_url, force=True)
+
+    assert (result.restored, result.replaced) == (1, 1)
+    assert providers.ids() == [snapshotted]
+    assert not [k for k in redis_db.scan_iter("registry:*") if "4090" in k or "elsewhere" in k]
+
+
+def test_dry_run_says_what_it_would_do_and_changes_nothing(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    for i in range(2):
+        providers.register(name=f"rig-{i}")
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+
+    result = restore(registry.store, database_url, dry_run=True)
+
+    assert result.dry_run and result.providers == 2 and result.restored == 0
+    assert "would restore 2 providers" in result.summary()
+    assert redis_state(redis_db) == {}
+
+
+def test_dry_run_reports_the_refusal_the_real_restore_would_meet(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    providers.register()
+    take_snapshot(registry.store, database_url)
+
+    with pytest.raises(RestoreRefused, match="dry run: would refuse"):
+        restore(registry.store, database_url, dry_run=True)
+    assert restore(registry.store, database_url, dry_run=True, force=True).replaced == 1
+
+
+def test_restore_keeps_a_provider_that_registered_while_it_ran(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    provider_id = providers.register(name="before")["id"]
+    other = providers.register(name="other", gpus=[gpu("RTX 4090", 24576)], location="us-east")["id"]
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+    providers.register(id=provider_id, name="meanwhile")
+    counts_of_meanwhile = redis_db.hgetall("registry:counts")
+    rows = sql(database_url, "SELECT id, redis_hash FROM providers")
+
+    import json
+
+    written = registry.store.restore([(i, json.loads(raw)) for i, raw in rows], registry.store.now_ms())
+
+    assert written == 1
+    assert providers.get(provider_id)["name"] == "meanwhile"
+    assert providers.get(provider_id)["status"] == "idle"
+    assert providers.get(other)["status"] == "offline"
+    assert redis_db.zrange("registry:status:offline", 0, -1) == [other]
+    # Neither the kept provider's indexes nor its counters got the snapshot's copy of it.
+    assert redis_db.zrange("registry:gpus:1", 0, -1, withscores=True) == sorted(
+        [(provider_id, 81920.0), (other, 24576.0)], key=lambda m: (m[1], m[0]))
+    counts = redis_db.hgetall("registry:counts")
+    assert {f: n for f, n in counts.items() if f.startswith("idle|")} == counts_of_meanwhile
+    assert sorted(f for f in counts if f.startswith("offline|")) == [
+        "offline|lg|us-east", "offline|lp|us-east", "offline|mg|rtx 4090", "offline|mp|rtx 4090",
+        "offline|mv|rtx 4090", "offline|n|",
+    ]
+
+
+def test_restore_without_any_snapshot_says_there_is_nothing_to_restore(
+    registry: Registry, database_url: str
+) -> None:
+    with pytest.raises(NothingToRestore):
+        restore(registry.store, database_url)
+
+
+def test_restore_of_an_empty_snapshot_restores_nothing(
+    registry: Registry, redis_db: redis.Redis, database_url: str
+) -> None:
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+
+    assert restore(registry.store, database_url).restored == 0
+
+
+def test_nul_characters_in_metadata_are_accepted_and_come_back_unchanged(
+    registry: Registry, providers: Providers, client, redis_db: redis.Redis, database_url: str
+) -> None:
+    metadata = {"note": "before\u0000after", "key\u0000": ["\u0000"], "plain": "\\u0000 is text"}
+    response = client.post("/providers", json={**_body(), "metadata": metadata})
+    assert response.status_code == 201
+    provider_id = response.get_json()["id"]
+    shown = providers.get(provider_id)
+
+    take_snapshot(registry.store, database_url)
+    # Analysts see U+FFFD where PostgreSQL cannot store a NUL.
+    assert sql(database_url, "SELECT metadata FROM providers") == [(
+        {"note": "before\ufffdafter", "key\ufffd": ["\ufffd"], "plain": "\\u0000 is text"},
+    )]
+    redis_db.flushall()
+    restore(registry.store, database_url)
+
+    back = providers.get(provider_id)
+    assert back["metadata"] == metadata
+    assert {k: v for k, v in back.items() if k not in ("status", "lease_expires_at")} == {
+        k: v for k, v in shown.items() if k not in ("status", "lease_expires_at")
+    }
+
+
+def test_an_odd_provider_does_not_break_the_snapshot_of_the_others(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    good = [providers.register(name=f"good-{i}")["id"] for i in range(3)]
+    odd = providers.register(name="odd")["id"]
+    key = f"registry:provider:{odd}"
+    # What no API call writes, but a bug or a hand edit could: PostgreSQL refuses both.
+    redis_db.hset(key, mapping={"gpus": "[{not json", "name": "bad\x00name\ttab"})
+    odd_fields = redis_db.hgetall(key)
+
+    result = take_snapshot(registry.store, database_url)
+
+    assert result is not None and result.providers == 4
+    rows = dict(sql(database_url, "SELECT id, gpus IS NOT NULL FROM providers"))
+    assert rows == {**{i: True for i in good}, odd: False}
+    assert sql(database_url, "SELECT name FROM providers WHERE id = %s", (odd,)) == [("bad\ufffdname\ttab",)]
+    redis_db.flushall()
+    restore(registry.store, database_url)
+    restored = redis_db.hgetall(key)
+    assert {k: v for k, v in restored.items() if k not in ("status", "lease_expires_at", "index_keys")} == {
+        k: v for k, v in odd_fields.items() if k not in ("status", "lease_expires_at", "index_keys")
+    }
+    assert redis_db.zrange("registry:providers", 0, -1) == sorted([*good, odd])
+    assert providers.ids("min_vram=1") == sorted(good)  # the odd one is outside the GPU indexes
+
+
+def _body() -> dict[str, Any]:
+    from .conftest import provider_body
+
+    return provider_body()
+
+
+def _details(**fields: Any) -> dict[str, Any]:
+    from .conftest import provider_body
+
+    return provider_body(**fields)
