@@ -103,8 +103,11 @@ def _answers(url: str) -> bool:
 class Gunicorn:
     """One gunicorn instance (master, workers, and for the registry its jobs process)."""
 
-    def __init__(self, name: str, config: str, app: str, env: dict[str, str], workdir: Path) -> None:
+    def __init__(
+        self, name: str, config: str, app: str, env: dict[str, str], workdir: Path, cwd: Path = REPO
+    ) -> None:
         self.name = name
+        self.cwd = cwd
         self.port = free_port()
         self.config = config
         self.app = app
@@ -128,7 +131,7 @@ class Gunicorn:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", self.config, self.app],
-                cwd=REPO,
+                cwd=self.cwd,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -14,6 +14,7 @@ from app.gunicorn_conf import *  # noqa: F401,F403  (bind, logging, the jobs pro
 
 workers = 1
 worker_class = "sync"
+threads = 1  # gunicorn turns a sync worker with threads > 1 into gthread
 _profile = cProfile.Profile()
 
 
