@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from typing import Any, Iterator
 from urllib.parse import urlencode
 
 import fleet
+from app.config import load_settings
 from loadgen import WrkResult, run_wrk, wrk_binary
 from procs import Gunicorn, RedisProc
 
@@ -91,6 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-model", default="NVIDIA A100", help="the query's gpu_model")
     p.add_argument("--min-vram", type=_positive(int), default=80000, help="the query's min_vram (MB)")
     p.add_argument("--limit", type=_positive(int), default=50, help="the query's limit")
+    p.add_argument("--worker-class", choices=("gevent", "gthread", "sync"), default=None,
+                   help="gunicorn worker class for every instance (default: the registry's config)")
     p.add_argument("--workers", type=_positive(int), default=None,
                    help="gunicorn workers for every instance (default: the registry's config)")
     p.add_argument("--threads", type=_positive(int), default=None,
@@ -229,7 +233,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "redis": redis_version.split("v=")[1].split()[0] if "v=" in redis_version else redis_version.strip(),
         "wrk": wrk_version.split()[1] if wrk_version else "unknown",
-        "packages": {name: metadata.version(name) for name in ("flask", "gunicorn", "redis", "hiredis", "marshmallow")},
+        "packages": {name: metadata.version(name) for name in ("flask", "gunicorn", "gevent", "redis", "hiredis", "marshmallow")},
         "loadavg_start": os.getloadavg(),
     }
 
@@ -243,9 +247,13 @@ def memory_report(client: Any, n: int, ids: list[tuple[str, str]], baseline: int
     leases = [value for value in leases if value]
     used = int(client.info("memory")["used_memory"])
     index_bytes, index_keys = 0, 0
+    by_kind: dict[str, int] = {}
     for key in client.scan_iter(match=f"{prefix}*", count=10_000):
         if not key.startswith((f"{prefix}provider:", f"{prefix}lease:")):
-            index_bytes += client.memory_usage(key, samples=0) or 0
+            size = client.memory_usage(key, samples=0) or 0
+            kind = key[len(prefix):].split(":", 1)[0]  # gpu, status, events, leases, ...
+            by_kind[kind] = by_kind.get(kind, 0) + size
+            index_bytes += size
             index_keys += 1
     return {
         "n": n,
@@ -254,6 +262,7 @@ def memory_report(client: Any, n: int, ids: list[tuple[str, str]], baseline: int
         "lease_key_bytes_median": statistics.median(leases) if leases else None,
         "index_keys": index_keys,
         "index_bytes_per_provider": round(index_bytes / n),
+        "other_bytes_per_provider_by_kind": {k: round(v / n) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "used_memory": used,
         "used_memory_per_provider": round(used / n),
         "loaded_memory_per_provider": round((used - baseline) / n),
@@ -274,6 +283,8 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
     """Start and load everything; stop everything on the way out, whatever happened."""
     started: list[Any] = []
     gunicorn_env: dict[str, str] = {"REGISTRY_HEARTBEAT_TTL_S": str(args.lease_ttl)}
+    if args.worker_class:
+        gunicorn_env["REGISTRY_WORKER_CLASS"] = args.worker_class
     if args.workers:
         gunicorn_env["REGISTRY_WORKERS"] = str(args.workers)
     if args.threads:
@@ -309,7 +320,9 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
         floor.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))
         started.append(floor)
         floor.start("/ping")
-        yield {"fleets": fleets, "registries": registries, "floor": floor}
+        served = load_settings(path=workdir / "config-probe.yaml", env={**os.environ, **gunicorn_env})
+        serving = {"worker_class": served.worker_class, "workers": served.workers, "threads": served.threads}
+        yield {"fleets": fleets, "registries": registries, "floor": floor, "serving": serving}
     finally:
         for thing in reversed(started):
             with contextlib.suppress(Exception):
@@ -402,6 +415,10 @@ def render(report: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + f". Load average {m['loadavg_start'][0]:.2f} at the start, {m['loadavg_end'][0]:.2f} at the end.",
         "",
+        f"Served by gunicorn, registry and floor alike: worker class {report['serving']['worker_class']}, "
+        f"{report['serving']['workers']} workers"
+        + (f", {report['serving']['threads']} threads each" if report["serving"]["worker_class"] == "gthread" else "")
+        + f". Lease TTL during the run: {a['lease_ttl']:g} s (so that the fleet does not lapse mid-run).",
         f"Rounds: {s['rounds_done']} of {a['rounds']}, {a['seconds']:g} s per wrk run; throughput runs "
         f"`wrk -t{a['wrk_threads']} -c{a['wrk_connections']}`, query runs with {a['query_connections']} connections.",
         f"Query: `GET {report['query']}`.",
@@ -427,6 +444,10 @@ def render(report: dict[str, Any]) -> str:
             f"| {int(n):,} | {f['load_seconds']:.1f} | {f['query_total']:,} | {mem['provider_hash_bytes_median']:.0f} "
             f"| {mem['index_bytes_per_provider']} | {mem['used_memory_per_provider']} |"
         )
+    for n, f in report["fleets"].items():
+        kinds = f["memory"]["other_bytes_per_provider_by_kind"]
+        lines.append(f"- Keys other than provider hashes and leases at {int(n):,}, B/provider: "
+                     + ", ".join(f"{k} {v}" for k, v in kinds.items() if v))
     lines.append("")
     for n, r in s["heartbeat_vs_floor"].items():
         if r["median"] is None:
@@ -445,8 +466,16 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Stopped by a signal, the bench still stops what it started (the finally blocks run);
+    # a shell that started it in the background may have left SIGINT ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         wrk_binary()
         if shutil.which("redis-server") is None:
@@ -462,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with services(args, workdir) as env:
             totals = check(args, env)
+            serving = env["serving"]
             runs = measure(args, env, deadline)
             fleets = {
                 n: {
@@ -484,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, "bench/bench_api.py", *(argv if argv is not None else sys.argv[1:])]),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "query": query_path(args),
+        "serving": serving,
         "fleets": fleets,
         "summary": summary,
         "runs": [asdict(r) for r in runs],

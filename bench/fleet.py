@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import signal
 import time
 import uuid
 from dataclasses import dataclass
@@ -151,6 +152,12 @@ def _load_chunk(job: _Chunk) -> list[tuple[str, str]]:
     return loaded
 
 
+def _default_signals() -> None:
+    # A worker inherits the bench's handlers; the pool ends its workers with SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def load(
     redis_url: str,
     n: int,
@@ -179,7 +186,7 @@ def load(
         for job in jobs:
             loaded += _load_chunk(job)
         return loaded, time.monotonic() - started
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
+    with multiprocessing.get_context("fork").Pool(processes, initializer=_default_signals) as pool:
         result = pool.map_async(_load_chunk, jobs)
         for part in result.get(timeout=timeout_s):
             loaded += part
