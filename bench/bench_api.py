@@ -282,7 +282,11 @@ def commandstats(client: Any) -> dict[str, tuple[int, int]]:
 def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
     """Start and load everything; stop everything on the way out, whatever happened."""
     started: list[Any] = []
-    gunicorn_env: dict[str, str] = {"REGISTRY_HEARTBEAT_TTL_S": str(args.lease_ttl)}
+    gunicorn_env: dict[str, str] = {
+        "REGISTRY_HEARTBEAT_TTL_S": str(args.lease_ttl),
+        # A bench instance must not register itself in whatever Consul agent answers locally.
+        "REGISTRY_CONSUL_ENABLED": "false",
+    }
     if args.worker_class:
         gunicorn_env["REGISTRY_WORKER_CLASS"] = args.worker_class
     if args.workers:
