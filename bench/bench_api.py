@@ -293,8 +293,8 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
         gunicorn_env["REGISTRY_WORKERS"] = str(args.workers)
     if args.threads:
         gunicorn_env["REGISTRY_THREADS"] = str(args.threads)
+    fleets: dict[int, dict[str, Any]] = {}
     try:
-        fleets: dict[int, dict[str, Any]] = {}
         for n in args.sizes:
             server = RedisProc(workdir, str(n))
             started.append(server)
@@ -328,6 +328,8 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
         serving = {"worker_class": served.worker_class, "workers": served.workers, "threads": served.threads}
         yield {"fleets": fleets, "registries": registries, "floor": floor, "serving": serving}
     finally:
+        for fleet_run in fleets.values():
+            fleet_run["client"].close()
         for thing in reversed(started):
             with contextlib.suppress(Exception):
                 thing.stop()
@@ -336,7 +338,8 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
 def check(args: argparse.Namespace, env: dict[str, Any]) -> dict[int, int]:
     """Check that each side answers as it should before measuring; return the query totals."""
     status, _, body = _http("GET", env["floor"].base_url + "/ping")
-    assert status == 200 and body == {"status": "ok"}, (status, body)
+    if status != 200 or body != {"status": "ok"}:
+        raise RuntimeError(f"the floor answered {status} {body}")
     totals = {}
     for n, instance in env["registries"].items():
         pid, state = next((p, s) for p, s in env["fleets"][n]["ids"] if s != "offline")

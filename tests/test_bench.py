@@ -160,3 +160,34 @@ def test_loaded_fleet_answers_queries_as_its_members_say(
     offline = [m for m in members if m.status == "offline"]
     response = client.get(f"/providers/{offline[0].id}")
     assert response.get_json()["status"] == "offline"
+
+
+def test_report_says_which_targets_are_met_and_how_it_was_served() -> None:
+    runs = [
+        _run(0, "floor", rps=4000), _run(0, "heartbeat@10", rps=2400), _run(0, "heartbeat@100", rps=1000),
+        _run(0, "query@10", p99=10), _run(0, "query@100", p99=30),
+    ]
+    summary = bench_api.summarise(runs, [10, 100])
+    summary["rounds_done"] = 1
+    memory = {
+        "provider_hash_bytes_median": 2400, "index_bytes_per_provider": 1800,
+        "used_memory_per_provider": 5300, "other_bytes_per_provider_by_kind": {"gpu": 500},
+    }
+    report = {
+        "machine": {
+            "nproc": 2, "cpu": "AMD EPYC", "memory_gib": 23.5, "kernel": "6", "python": "3.11.7",
+            "redis": "7.0.15", "wrk": "4.1.0", "packages": {"flask": "3.1.3"},
+            "loadavg_start": (1.0, 1.0, 1.0), "loadavg_end": (2.0, 2.0, 2.0),
+        },
+        "summary": summary,
+        "args": vars(bench_api.parse_args(["--sizes", "10,100"])),
+        "query": "/providers?limit=50",
+        "serving": {"worker_class": "gevent", "workers": 2, "threads": 8},
+        "fleets": {n: {"load_seconds": 1.0, "query_total": 5, "memory": memory} for n in (10, 100)},
+    }
+    text = bench_api.render(report)
+    assert "worker class gevent, 2 workers." in text
+    assert "Heartbeats at 10 / floor: median 0.60 (rounds 0.60–0.60); target ≥ 0.5: met." in text
+    assert "Heartbeats at 100 / floor: median 0.25 (rounds 0.25–0.25); target ≥ 0.5: NOT met." in text
+    assert "Query p99 at 100 / at 10: median 3.00" in text and "target ≤ 1.5: NOT met." in text
+    assert "| floor | 4000 |" in text
