@@ -18,8 +18,8 @@ run: $(STAMP)  ## serve on the configured port; starts a local redis-server if n
 test: $(STAMP)  ## the whole suite, against private redis-server and PostgreSQL database
 	$(BIN)/pytest
 
-bench: $(STAMP)  ## the benchmarks of docs/PERFORMANCE.md
-	$(BIN)/python bench/bench_api.py
+bench: $(STAMP)  ## the benchmarks of docs/PERFORMANCE.md; options: make bench BENCH_ARGS="--rounds 3"
+	$(BIN)/python bench/bench_api.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
