@@ -58,13 +58,14 @@ def test_hostile_names_stay_inside_their_own_index_keys(providers: Providers, re
     keys = redis_db.keys("*")
     assert all(PLAIN_KEY.match(key) for key in keys), [k for k in keys if not PLAIN_KEY.match(k)]
     structure = re.compile(
-        r"^registry:(?:gpu:[A-Za-z0-9%._~+-]+:\d+|gpus:\d+|arch:[A-Za-z0-9%._~+-]+"
+        r"^registry:(?:gpu:[A-Za-z0-9%._~+-]+:\d+(?::\d+:[a-z]+)?|gpus:\d+(?::\d+:[a-z]+)?"
+        r"|arch:[A-Za-z0-9%._~+-]+"
         r"|location:[A-Za-z0-9%._~+-]+|provider:[0-9a-f-]{36}|lease:[0-9a-f-]{36}"
         r"|status:[a-z]+|providers|leases|claims|irregular|events|counts|ratelimit:.*)$"
     )
     assert [key for key in keys if not structure.match(key)] == []
     # Each model got its own index: as many model indexes as distinct canonical names.
-    model_indexes = {key.rsplit(":", 1)[0] for key in keys if key.startswith("registry:gpu:")}
+    model_indexes = {key.split(":")[2] for key in keys if key.startswith("registry:gpu:")}
     assert len(model_indexes) == len({canonical_name(m) for m in HOSTILE_MODELS})
 
 

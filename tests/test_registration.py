@@ -142,8 +142,8 @@ def test_reregister_leaves_no_duplicate_in_any_index(client, providers, redis_db
     )
 
     assert provider_index_keys(redis_db, first["id"]) == [
-        "registry:gpu:h100:1",
-        "registry:gpus:1",
+        "registry:gpu:h100:1:81920:idle",
+        "registry:gpus:1:81920:idle",
         "registry:leases",
         "registry:location:us-east",
         "registry:providers",

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from app.registry import Registry
+from app.store.keys import STATUSES
 from app.snapshot import NothingToRestore, RestoreRefused, restore, take_snapshot
 
 from .conftest import Providers, gpu, sql
@@ -70,10 +71,13 @@ def test_restore_after_a_flush_brings_back_every_provider_and_index_offline(
         old.pop("status"), old.pop("lease_expires_at")
         assert new == old  # every other field exactly as it was, index_keys included
         assert f"registry:lease:{provider_id}" not in after
-    indexes = [k for k in before if k.split(":")[1] in ("gpu", "gpus", "arch", "location")]
-    assert len(indexes) > 8
+    indexes = [k for k in before if k.split(":")[1] in ("arch", "location")]
+    assert len(indexes) > 2
     for key in indexes + ["registry:providers", "registry:irregular"]:
         assert after[key] == before[key], key
+    # GPU buckets carry the stored status: the same members, now all in the offline buckets.
+    assert gpu_buckets_without_status(after) == gpu_buckets_without_status(before)
+    assert all(k.endswith(":offline") for k in after if is_gpu_bucket(k))
     assert after["registry:status:offline"] == [(i, 0.0) for i in sorted(ids)]
     # The capacity counters hold the same totals, all under offline now.
     expected: Counter[str] = Counter()
@@ -85,6 +89,21 @@ def test_restore_after_a_flush_brings_back_every_provider_and_index_offline(
     for query, found in matched.items():
         assert providers.ids(query) == found, query
     assert [providers.get(i)["status"] for i in ids] == ["offline"] * 4
+
+
+def is_gpu_bucket(key: str) -> bool:
+    return key.split(":")[1] in ("gpu", "gpus") and key.rsplit(":", 1)[1] in STATUSES
+
+
+def gpu_buckets_without_status(state: dict) -> dict:
+    """GPU index sizes and bucket members, with the buckets of every status merged."""
+    merged: dict = {}
+    for key, value in state.items():
+        if key.split(":")[1] not in ("gpu", "gpus"):
+            continue
+        stem = key.rsplit(":", 1)[0] if is_gpu_bucket(key) else key
+        merged.setdefault(stem, set()).update(value)
+    return merged
 
 
 def test_restored_providers_come_back_online_with_a_heartbeat_under_the_same_ids(
@@ -217,8 +236,9 @@ def test_restore_keeps_a_provider_that_registered_while_it_ran(
     assert providers.get(other)["status"] == "offline"
     assert redis_db.zrange("registry:status:offline", 0, -1) == [other]
     # Neither the kept provider's indexes nor its counters got the snapshot's copy of it.
-    assert redis_db.zrange("registry:gpus:1", 0, -1, withscores=True) == sorted(
-        [(provider_id, 81920.0), (other, 24576.0)], key=lambda m: (m[1], m[0]))
+    assert redis_db.zrange("registry:gpus:1:81920:idle", 0, -1) == [provider_id]
+    assert redis_db.zrange("registry:gpus:1:24576:offline", 0, -1) == [other]
+    assert not redis_db.exists("registry:gpus:1:81920:offline", "registry:gpus:1:24576:idle")
     counts = redis_db.hgetall("registry:counts")
     assert {f: n for f, n in counts.items() if f.startswith("idle|")} == counts_of_meanwhile
     assert sorted(f for f in counts if f.startswith("offline|")) == [
@@ -286,9 +306,11 @@ def test_an_odd_provider_does_not_break_the_snapshot_of_the_others(
     redis_db.flushall()
     restore(registry.store, database_url)
     restored = redis_db.hgetall(key)
-    assert {k: v for k, v in restored.items() if k not in ("status", "lease_expires_at", "index_keys")} == {
-        k: v for k, v in odd_fields.items() if k not in ("status", "lease_expires_at", "index_keys")
+    rebuilt = ("status", "lease_expires_at", "index_keys", "bucket_stems")
+    assert {k: v for k, v in restored.items() if k not in rebuilt} == {
+        k: v for k, v in odd_fields.items() if k not in rebuilt
     }
+    assert restored["bucket_stems"] == ""  # outside the GPU indexes, and its hash says so
     assert redis_db.zrange("registry:providers", 0, -1) == sorted([*good, odd])
     assert providers.ids("min_vram=1") == sorted(good)  # the odd one is outside the GPU indexes
 

@@ -33,7 +33,7 @@ def test_provider_hash_holds_the_documented_fields(providers, redis_db):
     assert set(stored) == {
         "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "gpus",
         "metadata", "registered_at", "last_seen_at", "lease_expires_at", "index_keys", "gpu_keys",
-        "version", "summary", "token_hash",
+        "version", "summary", "token_hash", "bucket_stems",
     }
     assert stored["id"] == body["id"]
     assert stored["status"] == "busy"
@@ -42,10 +42,8 @@ def test_provider_hash_holds_the_documented_fields(providers, redis_db):
     assert int(stored["lease_expires_at"]) - int(stored["last_seen_at"]) == 30_000
     assert stored["registered_at"] == stored["last_seen_at"]
     assert stored["gpu_keys"] == "nvidia+a100|ampere|81920"
-    assert sorted(stored["index_keys"].split()) == [
-        "registry:arch:ampere", "registry:gpu:nvidia+a100:1", "registry:gpus:1",
-        "registry:location:eu-west",
-    ]
+    assert sorted(stored["index_keys"].split()) == ["registry:arch:ampere", "registry:location:eu-west"]
+    assert stored["bucket_stems"] == "registry:gpu:nvidia+a100:1:81920 registry:gpus:1:81920"
     assert stored["version"] == "1"
 
 
@@ -63,29 +61,43 @@ def test_leases_zset_is_scored_by_the_deadline(providers, redis_db):
     assert redis_db.zrange("registry:leases", 0, -1, withscores=True) == [(body["id"], int(deadline))]
 
 
-def test_gpu_indexes_are_scored_by_the_kth_largest_vram(providers, redis_db):
+def test_gpu_indexes_bucket_providers_by_kth_largest_vram_and_status(providers, redis_db):
     body = providers.register(
-        gpus=[gpu("NVIDIA A100", 40960), gpu("NVIDIA A100", 81920), gpu("H100", 94208)]
+        gpus=[gpu("NVIDIA A100", 40960), gpu("NVIDIA A100", 81920), gpu("H100", 94208)], status="busy"
     )
     pid = body["id"]
 
     def scores(key: str) -> list[tuple[str, float]]:
         return redis_db.zrange(key, 0, -1, withscores=True)
 
-    assert scores("registry:gpu:nvidia+a100:1") == [(pid, 81920)]
-    assert scores("registry:gpu:nvidia+a100:2") == [(pid, 40960)]
+    # The index key holds the VRAM sizes present; each size has a bucket per stored status.
+    assert scores("registry:gpu:nvidia+a100:1") == [("81920", 81920)]
+    assert scores("registry:gpu:nvidia+a100:1:81920:busy") == [(pid, 81920)]
+    assert scores("registry:gpu:nvidia+a100:2") == [("40960", 40960)]
+    assert scores("registry:gpu:nvidia+a100:2:40960:busy") == [(pid, 40960)]
     assert not redis_db.exists("registry:gpu:nvidia+a100:3")
-    assert scores("registry:gpu:h100:1") == [(pid, 94208)]
-    assert scores("registry:gpus:1") == [(pid, 94208)]
-    assert scores("registry:gpus:2") == [(pid, 81920)]
-    assert scores("registry:gpus:3") == [(pid, 40960)]
+    assert scores("registry:gpu:h100:1:94208:busy") == [(pid, 94208)]
+    assert scores("registry:gpus:1:94208:busy") == [(pid, 94208)]
+    assert scores("registry:gpus:2:81920:busy") == [(pid, 81920)]
+    assert scores("registry:gpus:3:40960:busy") == [(pid, 40960)]
 
 
-def test_gpu_index_members_sort_by_vram(providers, redis_db):
+def test_a_status_change_moves_the_provider_between_buckets(providers, redis_db):
+    pid = providers.register(gpus=[gpu("L4", 24576)])["id"]
+    providers.heartbeat(pid, status="maintenance")
+    assert redis_db.zrange("registry:gpu:l4:1:24576:maintenance", 0, -1) == [pid]
+    assert not redis_db.exists("registry:gpu:l4:1:24576:idle")
+    assert redis_db.zrange("registry:gpu:l4:1", 0, -1) == ["24576"]
+
+
+def test_a_size_leaves_the_gpu_index_with_its_last_provider(client, providers, redis_db):
     small = providers.register(gpus=[gpu("L4", 24576)])["id"]
     big = providers.register(gpus=[gpu("L4", 49152)])["id"]
-    assert redis_db.zrange("registry:gpu:l4:1", 0, -1) == [small, big]
-    assert redis_db.zrangebyscore("registry:gpu:l4:1", 30000, "+inf") == [big]
+    assert redis_db.zrange("registry:gpu:l4:1", 0, -1) == ["24576", "49152"]
+    assert redis_db.zrangebyscore("registry:gpu:l4:1", 30000, "+inf") == ["49152"]
+    client.delete(f"/providers/{small}")
+    assert redis_db.zrange("registry:gpu:l4:1", 0, -1) == ["49152"]
+    assert redis_db.zrange("registry:gpu:l4:1:49152:idle", 0, -1) == [big]
 
 
 def test_status_architecture_location_and_all_ids_are_zsets_scored_0(providers, redis_db):
@@ -133,11 +145,14 @@ def test_model_names_with_special_characters_stay_inside_their_index(providers, 
     body = providers.register(gpus=[gpu(model, 1024), gpu(model, 2048)])
     gpu_keys = redis_db.keys("registry:gpu:*")
     canonical = canonical_name(model)
-    assert sorted(gpu_keys) == [f"registry:gpu:{canonical}:1", f"registry:gpu:{canonical}:2"]
+    assert sorted(gpu_keys) == [
+        f"registry:gpu:{canonical}:1", f"registry:gpu:{canonical}:1:2048:idle",
+        f"registry:gpu:{canonical}:2", f"registry:gpu:{canonical}:2:1024:idle",
+    ]
     assert re.fullmatch(r"[A-Za-z0-9_.~%+\-]+", canonical), canonical
     for spelling in (model, model.upper(), f"  {model} "):
         assert providers.ids(f"gpu_model={quote(spelling)}") == [body["id"]]
-    assert redis_db.zrange(f"registry:gpu:{canonical}:2", 0, -1, withscores=True) == [(body["id"], 1024)]
+    assert redis_db.zrange(f"registry:gpu:{canonical}:2:1024:idle", 0, -1, withscores=True) == [(body["id"], 1024)]
 
 
 def test_a_model_named_like_an_index_suffix_does_not_collide(providers):

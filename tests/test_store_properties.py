@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from app.errors import ProviderNotFound
 from app.registry import Registry
 from app.store.keys import LIVE_STATUSES, STATUSES, Keys
-from app.store.providers import gpu_token, index_entries
+from app.store.providers import gpu_buckets, gpu_token, index_entries
 
 IDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(2)]
 # Few names, so that providers are often regular (one canonical model) and writes can flip
@@ -89,6 +89,10 @@ def recomputed(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         for key, score in entries:
             zsets[key][pid] = float(score)
         assert set(fields["index_keys"].split()) == {key for key, _ in entries}
+        # GPU indexes: the provider in the bucket of its status, the index holding the size.
+        for index, vram in gpu_buckets(keys, {"gpus": gpus_list}):
+            zsets[Keys.bucket(index, vram, fields["status"])][pid] = float(vram)
+            zsets[index][str(vram)] = float(vram)
         zsets[keys.status(fields["status"])][pid] = 0.0
         zsets[keys.providers][pid] = 0.0
         if fields["status"] != "offline":

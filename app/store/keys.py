@@ -64,7 +64,11 @@ class Keys:
         return f"{self.prefix}status:{status}"
 
     def gpu_model(self, model: str, count: int) -> str:
-        """Providers with at least `count` GPUs of `model`, scored by the count-th largest VRAM."""
+        """GPU index of providers with at least `count` GPUs of `model`.
+
+        This key holds the VRAM sizes present (member and score: the count-th largest VRAM);
+        the providers are in its buckets, `bucket(key, vram, status)`.
+        """
         return self.gpu_model_canonical(canonical_name(model), count)
 
     def gpu_model_canonical(self, canonical_model: str, count: int) -> str:
@@ -72,8 +76,16 @@ class Keys:
         return f"{self.prefix}gpu:{canonical_model}:{count}"
 
     def gpu_any(self, count: int) -> str:
-        """Providers with at least `count` GPUs of any model, scored by the count-th largest VRAM."""
+        """GPU index of providers with at least `count` GPUs of any model (as `gpu_model`)."""
         return f"{self.prefix}gpus:{count}"
+
+    @staticmethod
+    def bucket(gpu_index: str, vram_mb: int, status: str) -> str:
+        """Providers of a GPU index whose count-th largest VRAM is `vram_mb`, by stored status.
+
+        Every member scores `vram_mb`, so a bucket also sorts by ID.
+        """
+        return f"{gpu_index}:{vram_mb}:{status}"
 
     def architecture(self, architecture: str) -> str:
         """Providers with at least one GPU of `architecture`."""

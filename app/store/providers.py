@@ -62,29 +62,44 @@ def gpu_token(gpu: dict[str, Any]) -> str:
 
 
 def index_entries(keys: Keys, details: dict[str, Any]) -> list[tuple[str, float]]:
-    """Return the (index key, score) pairs that a provider with these details belongs to.
+    """Return the (index key, score 0) pairs of the detail indexes a provider belongs to.
 
-    For each model, the provider is in `gpu:<model>:<k>` for k = 1..(its GPUs of that model),
-    scored by the k-th largest VRAM of them: "at least k GPUs of model M with VRAM >= v" is
-    then one score range. `gpus:<k>` does the same across models.
+    Architecture and location; the GPU indexes depend on the status too (`gpu_buckets`).
     """
-    vram_by_model: dict[str, list[int]] = defaultdict(list)
-    all_vram: list[int] = []
     entries: dict[str, float] = {}
     for gpu in details["gpus"]:
-        # Models that differ only in case or spacing share one index.
-        vram_by_model[canonical_name(gpu["model_name"])].append(gpu["vram_mb"])
-        all_vram.append(gpu["vram_mb"])
         if gpu.get("architecture"):
             entries[keys.architecture(gpu["architecture"])] = 0
-    for model, vrams in vram_by_model.items():
-        for k, vram in enumerate(sorted(vrams, reverse=True), start=1):
-            entries[keys.gpu_model_canonical(model, k)] = vram
-    for k, vram in enumerate(sorted(all_vram, reverse=True), start=1):
-        entries[keys.gpu_any(k)] = vram
     if details.get("location"):
         entries[keys.location(details["location"])] = 0
     return list(entries.items())
+
+
+def gpu_buckets(keys: Keys, details: dict[str, Any]) -> list[tuple[str, int]]:
+    """Return the (GPU index, VRAM) pairs whose buckets a provider belongs to.
+
+    For each model, the provider is in the index `gpu:<model>:<k>` for k = 1..(its GPUs of
+    that model), in the bucket of the k-th largest VRAM of them (and of its stored status):
+    "at least k GPUs of model M with VRAM >= v" is then the buckets of `gpu:<M>:<k>` from
+    size v up, each already sorted by ID. `gpus:<k>` does the same across models.
+    """
+    vram_by_model: dict[str, list[int]] = defaultdict(list)
+    for gpu in details["gpus"]:
+        # Models that differ only in case or spacing share one index.
+        vram_by_model[canonical_name(gpu["model_name"])].append(gpu["vram_mb"])
+    out: list[tuple[str, int]] = []
+    for model, vrams in vram_by_model.items():
+        for k, vram in enumerate(sorted(vrams, reverse=True), start=1):
+            out.append((keys.gpu_model_canonical(model, k), vram))
+    all_vram = sorted((gpu["vram_mb"] for gpu in details["gpus"]), reverse=True)
+    for k, vram in enumerate(all_vram, start=1):
+        out.append((keys.gpu_any(k), vram))
+    return out
+
+
+def bucket_stems(keys: Keys, details: dict[str, Any]) -> str:
+    """Return the hash field naming a provider's GPU buckets without their status."""
+    return " ".join(f"{index}:{vram}" for index, vram in gpu_buckets(keys, details))
 
 
 def summary_contribution(details: dict[str, Any]) -> list[list[Any]]:
@@ -133,7 +148,7 @@ class ProviderStore:
         self._rotate = load_script(client, "rotate")
         self._restore = load_script(client, "restore")
         # restore_args's derived values by GPU shape and location (see there).
-        self._derived: dict[Any, tuple[str, str, list[tuple[str, float]], bool]] = {}
+        self._derived: dict[Any, tuple[Any, ...]] = {}
 
     def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`."""
@@ -148,6 +163,7 @@ class ProviderStore:
             "gpus", _dumps(details["gpus"]),
             "metadata", _dumps(details.get("metadata") or {}),
             "gpu_keys", " ".join(gpu_token(gpu) for gpu in details["gpus"]),
+            "bucket_stems", bucket_stems(self.keys, details),
             "summary", _dumps(summary_contribution(details)),
         ]
         args: list[Any] = [len(fields) // 2, *fields]
@@ -426,7 +442,7 @@ class ProviderStore:
 
     def restored_hash(
         self, provider_id: str, fields: dict[str, str], now_ms: int
-    ) -> tuple[dict[str, str], list[tuple[str, float]], bool, list[list[Any]]]:
+    ) -> tuple[dict[str, str], Any, bool, list[list[Any]]]:
         """Return a provider as a restore writes it back, from its snapshotted hash.
 
         The provider comes back offline and without a lease (its deadline is at most now),
@@ -434,7 +450,8 @@ class ProviderStore:
         write; every other field is written back as it was.
 
         Returns:
-            The hash, its index entries, whether it is irregular, its counter contribution.
+            The hash; its detail index entries, bucket entries and GPU index sizes; whether
+            it is irregular; its counter contribution.
         """
         out = {name: value for name, value in fields.items() if not is_claim_field(name)}
         out["status"] = "offline"
@@ -454,23 +471,33 @@ class ProviderStore:
                 details = {"gpus": gpus, "location": out.get("location")}
                 gpu_keys = " ".join(gpu_token(gpu) for gpu in gpus)
                 contribution = summary_contribution(details)
+                buckets = gpu_buckets(self.keys, details)
+                stems = " ".join(f"{index}:{vram}" for index, vram in buckets)
+                # Restored providers are offline: their buckets are the offline ones, and each
+                # GPU index records the VRAM sizes present (member and score the size).
+                entries = index_entries(self.keys, details)
+                bucket_members = [(Keys.bucket(index, vram, "offline"), vram) for index, vram in buckets]
+                sizes = [(index, vram) for index, vram in buckets]
                 derived = (gpu_keys, _dumps(contribution), contribution,
-                           index_entries(self.keys, details), is_irregular(gpu_keys, gpus))
+                           (entries, bucket_members, sizes, stems), is_irregular(gpu_keys, gpus))
                 if len(self._derived) >= 4096:
                     self._derived.clear()
                 self._derived[shape] = derived
-            out["gpu_keys"], out["summary"], contribution, entries, irregular = derived
+            out["gpu_keys"], out["summary"], contribution, indexes, irregular = derived
+            entries, bucket_members, sizes, out["bucket_stems"] = indexes
         except (ValueError, TypeError, KeyError, AttributeError):
             # A damaged provider still comes back, outside the GPU indexes, rather than not at all.
             log.warning("restored provider has unreadable GPUs", extra={"provider_id": provider_id})
             entries = [(self.keys.location(out["location"]), 0)] if out.get("location") else []
+            bucket_members, sizes = [], []
+            out["bucket_stems"] = ""
             irregular = False
             try:
                 contribution = json.loads(out.get("summary") or "[]")
             except ValueError:
                 contribution = []
         out["index_keys"] = " ".join(key for key, _ in entries)
-        return out, entries, irregular, contribution
+        return out, (entries, bucket_members, sizes), irregular, contribution
 
     def restore_batch(self, hashes: list[tuple[str, dict[str, str]]], now_ms: int) -> list[Any]:
         """Return the restore script's arguments for a batch of (ID, snapshotted hash).
@@ -482,12 +509,16 @@ class ProviderStore:
         irregular_ids: list[str] = []
         counters: dict[str, int] = defaultdict(int)
         for provider_id, fields in hashes:
-            out, entries, irregular, contribution = self.restored_hash(provider_id, fields, now_ms)
+            out, (entries, buckets, sizes), irregular, contribution = self.restored_hash(
+                provider_id, fields, now_ms
+            )
             providers += [provider_id, len(out)]
             for name, value in out.items():
                 providers += [name, value]
-            for key, score in entries:
+            for key, score in [*entries, *buckets]:
                 groups[key] += [score, provider_id]
+            for index, vram in sizes:
+                groups[index] += [vram, vram]
             if irregular:
                 irregular_ids.append(provider_id)
             for kind, name, n in contribution:

@@ -16,6 +16,7 @@ if not version_matches(h, if_match) then return {-3, tonumber(h.version) or 0} e
 settle(id, h)
 end_claim(id, h, 'deregistered')
 drop_indexes(h.index_keys, id)
+bucket_remove(h.bucket_stems, id, h.status)
 count(h.summary, h.status, -1)
 redis.call('ZREM', ctx.status_prefix .. h.status, id)
 redis.call('ZREM', ctx.leases, id)

@@ -27,7 +27,8 @@ local function hkey(id) return ctx.hash_prefix .. id end
 
 -- The fields every state transition needs, read in one call.
 local STATE_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claimant', 'claim_expires_at',
-  'claim_confirmed', 'summary', 'version', 'index_keys'}
+  'claim_confirmed', 'summary', 'version', 'index_keys', 'bucket_stems'}
+local STATUSES = {'idle', 'busy', 'maintenance', 'error', 'offline'}
 local function read_state(id)
   local v = redis.call('HMGET', hkey(id), unpack(STATE_FIELDS))
   if v[1] == false then return nil end
@@ -59,16 +60,49 @@ local function count(summary, status, sign)
   end
 end
 
--- Change the stored status, keeping the status sets and counters in step.
+-- GPU buckets: a provider's "bucket_stems" field lists "<GPU index>:<vram>" stems; it is in
+-- the bucket "<stem>:<stored status>" (every member scored by the VRAM), and each GPU index
+-- key holds the VRAM sizes that have buckets (member and score the size).
+local function bucket_add(stems, id, status)
+  if not stems then return end
+  for stem in string.gmatch(stems, '%S+') do
+    local index, vram = string.match(stem, '^(.*):(%d+)$')
+    redis.call('ZADD', stem .. ':' .. status, vram, id)
+    redis.call('ZADD', index, vram, vram)
+  end
+end
+
+local function bucket_remove(stems, id, status)
+  if not stems then return end
+  for stem in string.gmatch(stems, '%S+') do
+    redis.call('ZREM', stem .. ':' .. status, id)
+    local empty = true
+    for _, s in ipairs(STATUSES) do
+      if redis.call('EXISTS', stem .. ':' .. s) == 1 then empty = false; break end
+    end
+    if empty then
+      local index, vram = string.match(stem, '^(.*):(%d+)$')
+      redis.call('ZREM', index, vram)
+    end
+  end
+end
+
+-- Change the stored status, keeping the status sets, GPU buckets and counters in step.
 local function set_status(id, h, new)
   local old = h.status
   if old == new then return end
   if old then
     redis.call('ZREM', ctx.status_prefix .. old, id)
     count(h.summary, old, -1)
+    if h.bucket_stems then
+      for stem in string.gmatch(h.bucket_stems, '%S+') do
+        redis.call('ZREM', stem .. ':' .. old, id)
+      end
+    end
   end
   redis.call('ZADD', ctx.status_prefix .. new, 0, id)
   count(h.summary, new, 1)
+  bucket_add(h.bucket_stems, id, new)
   redis.call('HSET', hkey(id), 'status', new)
   h.status = new
 end

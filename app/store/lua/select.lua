@@ -1,6 +1,7 @@
 -- Choosing providers by filters with set algebra, shared by query.lua and claim.lua
 -- (prepended after lib.lua). The filters `f` come from fixed ARGV and KEYS positions:
--- KEYS[7] GPU index to filter on, or ""    KEYS[8] architecture index, or ""
+-- KEYS[7] GPU index to filter on (its VRAM sizes; see lib.lua), or ""
+-- KEYS[8] architecture index, or ""
 -- KEYS[9] location index, or ""    KEYS[10..16] scratch keys, deleted before returning
 -- ARGV[5] effective statuses wanted, comma-separated, or "" for any
 -- ARGV[6] min VRAM in MB (0: none)    ARGV[7] min GPUs
@@ -45,59 +46,91 @@ end
 local function select_candidates(statuses)
   local sel = {parts = {}, removed = {}, n_removed = 0, added = {}, scratch = {}}
 
-  -- 1. The detail filters, intersected into one ID-ordered (all scores 0) base set.
-  local sources, base = {}, nil
-  if f.gpu_key ~= '' then
-    local src = f.gpu_key
-    -- Only narrow by VRAM when some member is below the bound.
-    if f.min_vram > 0 and #redis.call('ZRANGEBYSCORE', f.gpu_key, '-inf', '(' .. f.min_vram,
-        'LIMIT', 0, 1) > 0 then
-      redis.call('ZRANGESTORE', f.tmp_range, f.gpu_key, f.min_vram, '+inf', 'BYSCORE')
-      sel.scratch[#sel.scratch + 1] = f.tmp_range
-      src = f.tmp_range
-    end
-    sources[#sources + 1] = src
-  end
-  if f.arch_key ~= '' then sources[#sources + 1] = f.arch_key end
-  if f.location_key ~= '' then sources[#sources + 1] = f.location_key end
-  if #sources == 1 then
-    -- Used as it is: the status intersections below sort by ID anyway.
-    base = sources[1]
-  elseif #sources > 1 then
-    -- Weights 0 make every score 0, so the result sorts by ID.
-    local args = {'ZINTERSTORE', f.tmp_base, #sources}
-    for _, key in ipairs(sources) do args[#args + 1] = key end
-    args[#args + 1] = 'WEIGHTS'
-    for _ = 1, #sources do args[#args + 1] = 0 end
-    redis.call(unpack(args))
-    sel.scratch[#sel.scratch + 1] = f.tmp_base
-    base = f.tmp_base
-  end
-  local base_by_id = base ~= nil and (#sources > 1 or f.gpu_key == '')
-
-  -- 2. One part per stored status wanted: disjoint, since a provider has one stored status.
-  local wanted, part_of, any_status, i = {}, {}, true, 0
+  local wanted, any_status = {}, true
   for status in string.gmatch(statuses, '[^,]+') do wanted[status] = true; any_status = false end
-  if any_status then
-    if base and not base_by_id then
-      -- A GPU index is scored by VRAM: copy it with scores 0 to page it by ID.
-      redis.call('ZINTERSTORE', f.tmp_base, 1, base, 'WEIGHTS', 0)
+  local wanted_list = {}
+  if any_status then wanted_list = STATUSES else
+    for _, status in ipairs(STATUSES) do
+      if wanted[status] then wanted_list[#wanted_list + 1] = status end
+    end
+  end
+
+  -- The GPU buckets from `min_vram` up: the GPU index holds the sizes that have buckets.
+  local sizes = {}
+  if f.gpu_key ~= '' then
+    sizes = redis.call('ZRANGEBYSCORE', f.gpu_key, f.min_vram, '+inf')
+  end
+  local function buckets(status)
+    local keys = {}
+    for _, vram in ipairs(sizes) do keys[#keys + 1] = f.gpu_key .. ':' .. vram .. ':' .. status end
+    return keys
+  end
+
+  -- in_base(id): whether a provider passes the detail filters (status aside).
+  local part_of, in_base = {}, nil
+  if f.gpu_key ~= '' and f.arch_key == '' and f.location_key == '' then
+    -- 1. GPU filters alone: the buckets of the wanted statuses are the parts, each already
+    --    sorted by ID, disjoint, and counted by ZCARD: nothing is copied.
+    for _, status in ipairs(wanted_list) do
+      part_of[status] = buckets(status)
+      for _, key in ipairs(part_of[status]) do sel.parts[#sel.parts + 1] = key end
+    end
+    in_base = function(id) return (passing_gpus(id, false)) >= f.min_gpus end
+  else
+    -- 1. Detail filters intersected into one base set (scores 0: sorted by ID).
+    local sources, base = {}, nil
+    if f.gpu_key ~= '' then
+      local all = {}
+      for _, status in ipairs(STATUSES) do
+        for _, key in ipairs(buckets(status)) do all[#all + 1] = key end
+      end
+      if #all > 0 then
+        local args = {'ZUNIONSTORE', f.tmp_range, #all}
+        for _, key in ipairs(all) do args[#args + 1] = key end
+        args[#args + 1] = 'WEIGHTS'
+        for _ = 1, #all do args[#args + 1] = 0 end
+        redis.call(unpack(args))
+        sel.scratch[#sel.scratch + 1] = f.tmp_range
+      end
+      sources[#sources + 1] = f.tmp_range  -- absent when no bucket matched: an empty set
+    end
+    if f.arch_key ~= '' then sources[#sources + 1] = f.arch_key end
+    if f.location_key ~= '' then sources[#sources + 1] = f.location_key end
+    if #sources == 1 then
+      base = sources[1]
+    elseif #sources > 1 then
+      local args = {'ZINTERSTORE', f.tmp_base, #sources}
+      for _, key in ipairs(sources) do args[#args + 1] = key end
+      args[#args + 1] = 'WEIGHTS'
+      for _ = 1, #sources do args[#args + 1] = 0 end
+      redis.call(unpack(args))
       sel.scratch[#sel.scratch + 1] = f.tmp_base
       base = f.tmp_base
     end
-    sel.parts[1] = base or ctx.providers
-  else
-    for status in pairs(wanted) do
-      local key = ctx.status_prefix .. status
-      if base then
-        i = i + 1
-        redis.call('ZINTERSTORE', f.tmp_status[i], 2, base, key, 'WEIGHTS', 0, 0)
-        sel.scratch[#sel.scratch + 1] = f.tmp_status[i]
-        key = f.tmp_status[i]
+
+    -- 2. One part per stored status wanted: disjoint, since a provider has one stored status.
+    if any_status then
+      sel.parts[1] = base or ctx.providers
+    else
+      for i, status in ipairs(wanted_list) do
+        local key = ctx.status_prefix .. status
+        if base then
+          redis.call('ZINTERSTORE', f.tmp_status[i], 2, base, key, 'WEIGHTS', 0, 0)
+          sel.scratch[#sel.scratch + 1] = f.tmp_status[i]
+          key = f.tmp_status[i]
+        end
+        sel.parts[#sel.parts + 1] = key
+        part_of[status] = {key}
       end
-      sel.parts[#sel.parts + 1] = key
-      part_of[status] = key
     end
+    in_base = function(id) return base == nil or member(base, id) end
+  end
+
+  local function in_any(keys, id)
+    for _, key in ipairs(keys) do
+      if member(key, id) then return true end
+    end
+    return false
   end
 
   local function remove(id)
@@ -116,9 +149,9 @@ local function select_candidates(statuses)
             local now_status, stored = effective(h), h.status
             if now_status ~= stored then
               if part_of[stored] and not wanted[now_status] then
-                if member(part_of[stored], id) then remove(id) end
+                if in_any(part_of[stored], id) then remove(id) end
               elseif not part_of[stored] and wanted[now_status] then
-                if base == nil or member(base, id) then sel.added[#sel.added + 1] = id end
+                if in_base(id) then sel.added[#sel.added + 1] = id end
               end
             end
           end

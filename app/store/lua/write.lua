@@ -31,12 +31,13 @@ if new_token ~= '' and (not h or expected == '') then
 end
 
 local n = tonumber(ARGV[a + 8])
-local names, values, new_summary, gpus_json, gpu_keys = {}, {}, '', '[]', ''
+local names, values, new_summary, gpus_json, gpu_keys, stems = {}, {}, '', '[]', '', ''
 for i = a + 9, a + 8 + 2 * n, 2 do
   names[#names + 1], values[#values + 1] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'summary' then new_summary = ARGV[i + 1]
   elseif ARGV[i] == 'gpus' then gpus_json = ARGV[i + 1]
-  elseif ARGV[i] == 'gpu_keys' then gpu_keys = ARGV[i + 1] end
+  elseif ARGV[i] == 'gpu_keys' then gpu_keys = ARGV[i + 1]
+  elseif ARGV[i] == 'bucket_stems' then stems = ARGV[i + 1] end
 end
 
 local previous = nil
@@ -46,13 +47,15 @@ if h then
   previous = h.status
   local old = redis.call('HMGET', hash, unpack(names))
   for i, name in ipairs(names) do
-    if (old[i] or '') ~= values[i] and name ~= 'summary' and name ~= 'gpu_keys' then
+    if (old[i] or '') ~= values[i] and name ~= 'summary' and name ~= 'gpu_keys'
+        and name ~= 'bucket_stems' then
       changed[#changed + 1] = name
     end
   end
   -- Take the old details out of the counters and indexes; the new ones go in below.
   count(h.summary, h.status, -1)
   drop_indexes(h.index_keys, id)
+  bucket_remove(h.bucket_stems, id, h.status)
 end
 
 for i, name in ipairs(names) do
@@ -73,6 +76,7 @@ mark_irregular(id, gpu_keys, cjson.decode(gpus_json))
 
 if mode == 'update' then
   count(new_summary, h.status, 1)
+  bucket_add(stems, id, h.status)
   bump(id, h)
   emit('updated', id, ctx.now, {'changed', table.concat(changed, ','), 'version', h.version})
   return {0, ctx.now, reply(id)}
@@ -89,6 +93,7 @@ end
 redis.call('ZADD', ctx.status_prefix .. status, 0, id)
 redis.call('HSET', hash, 'status', status)
 count(new_summary, status, 1)
+bucket_add(stems, id, status)
 renew_lease(id, ttl)
 bump(id, h)
 emit('registered', id, ctx.now, {'status', status, 'version', h.version,
