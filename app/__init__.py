@@ -25,6 +25,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from .bounds import install_bounds
     from .config import load_settings
     from .errors import register_error_handlers
+    from .jsonprovider import use_orjson
     from .logs import install_request_logging
     from .ratelimit import install_rate_limits
     from .registry import EXTENSION, Registry
@@ -32,7 +33,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     settings = settings or load_settings()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    use_orjson(app)
     registry = app.extensions[EXTENSION] = Registry.from_settings(settings)
     register_error_handlers(app)
     install_request_logging(app)

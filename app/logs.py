@@ -8,7 +8,7 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("app.access")
@@ -18,7 +18,7 @@ def configure_logging(level: str) -> None:
     """Send every log record to stdout as one JSON object; call once per process."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        JsonFormatter(
+        OrjsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )
@@ -48,7 +48,8 @@ def install_request_logging(app: Flask) -> None:
             extra={
                 "request_id": request_id,
                 "method": request.method,
-                "path": request.path,
+                # The raw path: werkzeug's request.path re-decodes it on every access.
+                "path": request.environ.get("PATH_INFO", ""),
                 "status": response.status_code,
                 "duration_ms": round(duration_ms, 3),
             },

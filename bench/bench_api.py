@@ -286,6 +286,11 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
         "REGISTRY_HEARTBEAT_TTL_S": str(args.lease_ttl),
         # A bench instance must not register itself in whatever Consul agent answers locally.
         "REGISTRY_CONSUL_ENABLED": "false",
+        # The core path, as on a trusted network: one wrk client would hit the per-client rate
+        # limit, and the loaded fleet has no tokens. bench/bench_trust.py measures what auth
+        # and rate limits add.
+        "REGISTRY_AUTH_ENABLED": "false",
+        "REGISTRY_RATE_LIMIT_ENABLED": "false",
     }
     if args.worker_class:
         gunicorn_env["REGISTRY_WORKER_CLASS"] = args.worker_class

@@ -31,10 +31,7 @@ def token_mismatch(provider_id: str) -> Unauthorized:
     # One answer whether the provider has another token or the token is someone else's.
     return Unauthorized(f"the credential is not valid for provider {provider_id}", invalid=True)
 
-try:  # installed with the snapshot extra: a restore parses every provider's GPUs
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover
-    _fast_loads = json.loads
+from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
 log = logging.getLogger(__name__)
 
