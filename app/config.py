@@ -37,10 +37,10 @@ class Settings:
     bind_host: str = field(default="0.0.0.0", metadata=_doc("address gunicorn binds"))
     workers: int = field(default=2, metadata=_doc("gunicorn worker processes"))
     worker_class: str = field(
-        default="gevent", metadata=_doc("gunicorn worker class: gevent (long polls wait cheaply) or gthread")
+        default="gevent", metadata=_doc("gunicorn worker class: gevent (long polls wait cheaply), gthread or sync")
     )
     threads: int = field(default=8, metadata=_doc("threads per worker with worker_class gthread"))
-    log_level: str = field(default="info", metadata=_doc("debug, info, warning, error"))
+    log_level: str = field(default="info", metadata=_doc("debug, info, warning, error or critical"))
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc("the live store"))
     redis_timeout_s: float = field(
         default=1.0, metadata=_doc("socket timeout for Redis calls; keeps /health fast")
@@ -111,7 +111,7 @@ class Settings:
         default=90, metadata=_doc("days of snapshot history (counts) kept; 0 keeps it all")
     )
     restore_on_empty: bool = field(
-        default=False, metadata=_doc("restore the latest snapshot at start when Redis is empty")
+        default=False, metadata=_doc("restore the latest snapshot when Redis holds none of the registry keys (at start and each snapshot interval)")
     )
 
     def public_dict(self) -> dict[str, Any]:

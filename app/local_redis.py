@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import redis
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +24,26 @@ def _binary() -> str | None:
 
 
 def reachable(url: str) -> bool:
-    """Return whether a Redis answers PING at `url`."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    """Return whether a Redis answers at `url` (a PONG, or an error such as NOAUTH).
+
+    A plain socket, not redis-py: this runs in the gunicorn master, which must not import
+    redis (and ssl) before gevent workers patch the standard library.
+    """
+    parts = urlsplit(url)
     try:
-        return bool(client.ping())
-    except redis.RedisError:
+        if parts.scheme == "unix":
+            address: object = parts.path
+            family = socket.AF_UNIX
+        else:
+            address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+            family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET  # type: ignore[index]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(address)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(1)[:1] in (b"+", b"-")
+    except OSError:
         return False
-    finally:
-        client.close()
 
 
 def ensure_redis(url: str, data_dir: Path) -> subprocess.Popen[bytes] | None:
