@@ -43,7 +43,9 @@ ENV = {
     "REGISTRY_AUTH_ENABLED": "false",
     "REGISTRY_RATE_LIMIT_ENABLED": "false",
 }
-CLAIM_BODY = json.dumps({"gpu_model": "NVIDIA GeForce RTX 4090", "count": 1, "claim_ttl_s": 600,
+# Any healthy GPU with 16 GB or more: about half the fleet's idle providers, enough that a
+# round never runs out (a refusal would measure the 409 path instead).
+CLAIM_BODY = json.dumps({"min_vram": 16000, "healthy_only": True, "count": 1, "claim_ttl_s": 600,
                          "claimant": "bench"}).encode()
 
 

@@ -53,9 +53,14 @@ def _dumps(value: Any) -> str:
 
 
 def gpu_token(gpu: dict[str, Any]) -> str:
-    """Return a GPU's "model|architecture|vram" token, as the scripts compare GPUs."""
+    """Return a GPU's "model|architecture|vram" token, as the scripts compare GPUs.
+
+    An unhealthy GPU's token ends with "!", so that scripts read health without decoding the
+    GPU list (heartbeat.lua keeps the mark in step with `is_healthy`).
+    """
     arch = canonical_name(gpu.get("architecture") or "")
-    return f"{canonical_name(gpu['model_name'])}|{arch}|{gpu['vram_mb']}"
+    unhealthy = "!" if gpu.get("is_healthy") is False else ""
+    return f"{canonical_name(gpu['model_name'])}|{arch}|{gpu['vram_mb']}{unhealthy}"
 
 
 def index_entries(keys: Keys, details: dict[str, Any]) -> list[tuple[str, float]]:
@@ -123,8 +128,9 @@ def is_irregular(gpu_keys: str, gpus: list[dict[str, Any]]) -> bool:
     Index arithmetic alone cannot answer a per-GPU filter for it: a GPU is unhealthy, or its
     GPUs differ in canonical model or architecture.
     """
-    kinds = {token.rsplit("|", 1)[0] for token in gpu_keys.split()}
-    return len(kinds) > 1 or any(gpu.get("is_healthy") is False for gpu in gpus)
+    tokens = gpu_keys.split()
+    kinds = {token.rsplit("|", 1)[0] for token in tokens}
+    return len(kinds) > 1 or any(token.endswith("!") for token in tokens)
 
 
 class ProviderStore:

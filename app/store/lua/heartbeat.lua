@@ -64,8 +64,17 @@ if metrics ~= '' then
       for field, value in pairs(live) do gpus[i][field] = value end
     end
   end
-  redis.call('HSET', hkey(id), 'gpus', cjson.encode(gpus))
-  mark_irregular(id, redis.call('HGET', hkey(id), 'gpu_keys'), gpus)
+  -- Health marks of the GPU tokens follow is_healthy.
+  local tokens, i = {}, 0
+  for token in string.gmatch(redis.call('HGET', hkey(id), 'gpu_keys') or '', '%S+') do
+    i = i + 1
+    local plain = string.gsub(token, '!$', '')
+    if gpus[i] and gpus[i]['is_healthy'] == false then plain = plain .. '!' end
+    tokens[#tokens + 1] = plain
+  end
+  local gpu_keys = table.concat(tokens, ' ')
+  redis.call('HSET', hkey(id), 'gpus', cjson.encode(gpus), 'gpu_keys', gpu_keys)
+  mark_irregular(id, gpu_keys)
 end
 
 return {1, ctx.now, ack()}

@@ -189,20 +189,19 @@ end
 
 -- A provider is irregular when index arithmetic alone cannot answer a per-GPU filter for it:
 -- a GPU is unhealthy, or its GPUs differ in canonical model or architecture.
--- gpu_keys: one "model|architecture|vram" token per GPU, in GPU order.
-local function is_irregular(gpu_keys, gpus)
+-- gpu_keys: one "model|architecture|vram" token per GPU, in GPU order, with "!" after the
+-- VRAM of an unhealthy GPU.
+local function is_irregular(gpu_keys)
   local first = nil
-  for kind in string.gmatch(gpu_keys, '(%S-|%S-)|%d+') do
+  for kind, unhealthy in string.gmatch(gpu_keys, '(%S-|%S-)|%d+(!?)') do
+    if unhealthy == '!' then return true end
     if first == nil then first = kind elseif kind ~= first then return true end
-  end
-  for _, gpu in ipairs(gpus) do
-    if gpu['is_healthy'] == false then return true end
   end
   return false
 end
 
-local function mark_irregular(id, gpu_keys, gpus)
-  if is_irregular(gpu_keys, gpus) then
+local function mark_irregular(id, gpu_keys)
+  if is_irregular(gpu_keys) then
     redis.call('SADD', ctx.irregular, id)
   else
     redis.call('SREM', ctx.irregular, id)

@@ -22,23 +22,22 @@ local function member(key, id)
   return redis.call('ZSCORE', key, id) ~= false
 end
 
--- How many of a provider's GPUs pass the per-GPU filters, and the largest VRAM among them.
--- Health is read from the GPU list only when asked (regular providers are all healthy).
-local function passing_gpus(id, with_health)
-  local fields = redis.call('HMGET', hkey(id), 'gpu_keys', 'gpus')
-  local gpus = nil
-  if f.healthy_only and with_health then gpus = cjson.decode(fields[2]) end
-  local i, n, largest = 0, 0, 0
-  for model, arch, vram in string.gmatch(fields[1] or '', '(%S-)|(%S-)|(%d+)') do
-    i = i + 1
+-- How many GPUs of a "gpu_keys" field pass the per-GPU filters, and the largest VRAM of them.
+local function count_passing(gpu_keys)
+  local n, largest = 0, 0
+  for model, arch, vram, unhealthy in string.gmatch(gpu_keys or '', '(%S-)|(%S-)|(%d+)(!?)') do
     vram = tonumber(vram)
     if (f.model == '' or model == f.model) and (f.arch == '' or arch == f.arch)
-        and vram >= f.min_vram and (gpus == nil or gpus[i]['is_healthy'] ~= false) then
+        and vram >= f.min_vram and not (f.healthy_only and unhealthy == '!') then
       n = n + 1
       if vram > largest then largest = vram end
     end
   end
   return n, largest
+end
+
+local function passing_gpus(id)
+  return count_passing(redis.call('HGET', hkey(id), 'gpu_keys'))
 end
 
 -- The providers matching `f` with one of `statuses` (a comma list, "" for any), as disjoint
@@ -75,7 +74,7 @@ local function select_candidates(statuses)
       part_of[status] = buckets(status)
       for _, key in ipairs(part_of[status]) do sel.parts[#sel.parts + 1] = key end
     end
-    in_base = function(id) return (passing_gpus(id, false)) >= f.min_gpus end
+    in_base = function(id) return (passing_gpus(id)) >= f.min_gpus end
   else
     -- 1. Detail filters intersected into one base set (scores 0: sorted by ID).
     local sources, base = {}, nil
@@ -165,7 +164,10 @@ local function select_candidates(statuses)
     local in_added = {}
     for _, id in ipairs(sel.added) do in_added[id] = true end
     for _, id in ipairs(redis.call('SMEMBERS', ctx.irregular)) do
-      if not sel.removed[id] and passing_gpus(id, true) < f.min_gpus then
+      local fields = redis.call('HMGET', hkey(id), 'status', 'gpu_keys')
+      -- Only candidates matter: those of a wanted stored status, or added above.
+      local candidate = any_status or part_of[fields[1]] ~= nil or in_added[id]
+      if candidate and not sel.removed[id] and (count_passing(fields[2])) < f.min_gpus then
         if in_added[id] then
           in_added[id] = nil
         else
@@ -216,8 +218,7 @@ local function selection_sorted(sel, cursor_value, cursor_id, limit)
     if f.sort == 'last_seen' then
       value = tonumber(redis.call('HGET', hkey(id), 'last_seen_at')) or 0
     else
-      local n, largest = passing_gpus(id, f.healthy_only
-        and redis.call('SISMEMBER', ctx.irregular, id) == 1)
+      local n, largest = passing_gpus(id)
       if f.sort == 'gpus' then value = n else value = largest end
     end
     rows[#rows + 1] = {id, value}

@@ -31,11 +31,10 @@ if new_token ~= '' and (not h or expected == '') then
 end
 
 local n = tonumber(ARGV[a + 8])
-local names, values, new_summary, gpus_json, gpu_keys, stems = {}, {}, '', '[]', '', ''
+local names, values, new_summary, gpu_keys, stems = {}, {}, '', '', ''
 for i = a + 9, a + 8 + 2 * n, 2 do
   names[#names + 1], values[#values + 1] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'summary' then new_summary = ARGV[i + 1]
-  elseif ARGV[i] == 'gpus' then gpus_json = ARGV[i + 1]
   elseif ARGV[i] == 'gpu_keys' then gpu_keys = ARGV[i + 1]
   elseif ARGV[i] == 'bucket_stems' then stems = ARGV[i + 1] end
 end
@@ -72,7 +71,7 @@ for i = a + 9 + 2 * n, #ARGV, 2 do
 end
 redis.call('HSET', hash, 'id', id, 'index_keys', table.concat(index_keys, ' '))
 redis.call('ZADD', ctx.providers, 0, id)
-mark_irregular(id, gpu_keys, cjson.decode(gpus_json))
+mark_irregular(id, gpu_keys)
 
 if mode == 'update' then
   count(new_summary, h.status, 1)
