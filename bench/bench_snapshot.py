@@ -62,7 +62,8 @@ def fill(registry: Registry, n: int, batch: int = 1000) -> None:
         pipe = registry.redis.pipeline(transaction=False)
         for i in range(start, min(n, start + batch)):
             provider_id = str(uuid.UUID(int=i + 1))
-            args = [provider_id, "register", store.lease_ttl_ms, "idle", "", *store._detail_args(details(i))]
+            # ID, mode, TTL, status, If-Match, new token hash, token check, details (write.lua)
+            args = [provider_id, "register", store.lease_ttl_ms, "idle", "", "", "", *store._detail_args(details(i))]
             store._write(keys=store.ctx.keys, args=store.ctx.args + args, client=pipe)
         pipe.execute()
 
@@ -74,7 +75,7 @@ def heartbeat_all(registry: Registry, n: int, batch: int = 1000) -> None:
         pipe = registry.redis.pipeline(transaction=False)
         for i in range(start, min(n, start + batch)):
             pid = str(uuid.UUID(int=i + 1))
-            args = [pid, store.lease_ttl_ms, "", "", ""]
+            args = [pid, store.lease_ttl_ms, "", "", "", ""]  # no status, metrics, If-Match or token
             store._heartbeat(keys=store.ctx.keys, args=store.ctx.args + args, client=pipe)
         pipe.execute()
 

@@ -511,6 +511,7 @@ class ProviderStore:
         groups: dict[str, list[Any]] = defaultdict(list)
         irregular_ids: list[str] = []
         counters: dict[str, int] = defaultdict(int)
+        sizes_seen: set[tuple[str, int]] = set()
         for provider_id, fields in hashes:
             out, (entries, buckets, sizes), irregular, contribution = self.restored_hash(
                 provider_id, fields, now_ms
@@ -521,7 +522,9 @@ class ProviderStore:
             for key, score in [*entries, *buckets]:
                 groups[key] += [score, provider_id]
             for index, vram in sizes:
-                groups[index] += [vram, vram]
+                if (index, vram) not in sizes_seen:  # a size once per batch, not per provider
+                    sizes_seen.add((index, vram))
+                    groups[index] += [vram, vram]
             if irregular:
                 irregular_ids.append(provider_id)
             for kind, name, n in contribution:

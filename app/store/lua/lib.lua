@@ -137,6 +137,21 @@ local function effective(h)
   return h.status
 end
 
+-- Call fn(id, state) once for each provider whose stored status is stale: its lease or its
+-- unconfirmed claim passed its deadline and no sweep has settled it yet.
+local function each_unsettled(fn)
+  local seen = {}
+  for _, index in ipairs({ctx.leases, ctx.claims}) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', ctx.now)) do
+      if not seen[id] then
+        seen[id] = true
+        local h = read_state(id)
+        if h and effective(h) ~= h.status then fn(id, h) end
+      end
+    end
+  end
+end
+
 -- Bring the stored state up to date with deadlines that passed (neither bumps the version):
 -- an unconfirmed claim that lapsed first makes the provider idle again; a lease that lapsed
 -- ends any claim and makes it offline. Emits the events in the order they happened.

@@ -22,6 +22,16 @@ local function member(key, id)
   return redis.call('ZSCORE', key, id) ~= false
 end
 
+-- ZUNIONSTORE or ZINTERSTORE of `keys` into `dest` with weights 0: every score 0, so the
+-- result sorts by ID.
+local function store_by_id(command, dest, keys)
+  local args = {command, dest, #keys}
+  for _, key in ipairs(keys) do args[#args + 1] = key end
+  args[#args + 1] = 'WEIGHTS'
+  for _ = 1, #keys do args[#args + 1] = 0 end
+  redis.call(unpack(args))
+end
+
 -- How many GPUs of a "gpu_keys" field pass the per-GPU filters, and the largest VRAM of them.
 local function count_passing(gpu_keys)
   local n, largest = 0, 0
@@ -84,11 +94,7 @@ local function select_candidates(statuses)
         for _, key in ipairs(buckets(status)) do all[#all + 1] = key end
       end
       if #all > 0 then
-        local args = {'ZUNIONSTORE', f.tmp_range, #all}
-        for _, key in ipairs(all) do args[#args + 1] = key end
-        args[#args + 1] = 'WEIGHTS'
-        for _ = 1, #all do args[#args + 1] = 0 end
-        redis.call(unpack(args))
+        store_by_id('ZUNIONSTORE', f.tmp_range, all)
         sel.scratch[#sel.scratch + 1] = f.tmp_range
       end
       sources[#sources + 1] = f.tmp_range  -- absent when no bucket matched: an empty set
@@ -98,11 +104,7 @@ local function select_candidates(statuses)
     if #sources == 1 then
       base = sources[1]
     elseif #sources > 1 then
-      local args = {'ZINTERSTORE', f.tmp_base, #sources}
-      for _, key in ipairs(sources) do args[#args + 1] = key end
-      args[#args + 1] = 'WEIGHTS'
-      for _ = 1, #sources do args[#args + 1] = 0 end
-      redis.call(unpack(args))
+      store_by_id('ZINTERSTORE', f.tmp_base, sources)
       sel.scratch[#sel.scratch + 1] = f.tmp_base
       base = f.tmp_base
     end
@@ -138,25 +140,14 @@ local function select_candidates(statuses)
 
   -- 3. Deadlines that passed but were not swept yet: the stored status is stale.
   if not any_status then
-    local seen = {}
-    for _, index in ipairs({ctx.leases, ctx.claims}) do
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', index, '-inf', ctx.now)) do
-        if not seen[id] then
-          seen[id] = true
-          local h = read_state(id)
-          if h then
-            local now_status, stored = effective(h), h.status
-            if now_status ~= stored then
-              if part_of[stored] and not wanted[now_status] then
-                if in_any(part_of[stored], id) then remove(id) end
-              elseif not part_of[stored] and wanted[now_status] then
-                if in_base(id) then sel.added[#sel.added + 1] = id end
-              end
-            end
-          end
-        end
+    each_unsettled(function(id, h)
+      local now_status, stored = effective(h), h.status
+      if part_of[stored] and not wanted[now_status] then
+        if in_any(part_of[stored], id) then remove(id) end
+      elseif not part_of[stored] and wanted[now_status] then
+        if in_base(id) then sel.added[#sel.added + 1] = id end
       end
-    end
+    end)
   end
 
   -- 4. Irregular providers passed the index arithmetic but may fail the per-GPU filters.
