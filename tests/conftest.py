@@ -19,6 +19,7 @@ from app.config import Settings
 from app.keyring import hash_secret
 from app.registry import EXTENSION, Registry
 
+from .consul_agent import ConsulAgent
 from .redis_server import RedisServer
 
 
@@ -54,6 +55,15 @@ TEST_API_KEYS = [
 ]
 # Rate limiting stays in the loop of every test, with limits no functional test reaches.
 GENEROUS_LIMIT = "1000000/second"
+
+
+@pytest.fixture
+def agent() -> Iterator[ConsulAgent]:
+    """A Consul agent double on a free port (see consul_agent.py), stopped after the test."""
+    agent = ConsulAgent()
+    agent.start()
+    yield agent
+    agent.stop()
 
 
 @pytest.fixture

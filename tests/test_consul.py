@@ -31,14 +31,6 @@ CONSUL_LOGGER = "app.jobs.consul"
 
 
 @pytest.fixture
-def agent() -> Iterator[ConsulAgent]:
-    agent = ConsulAgent()
-    agent.start()
-    yield agent
-    agent.stop()
-
-
-@pytest.fixture
 def consul_settings(settings: Settings, agent: ConsulAgent) -> Settings:
     return dataclasses.replace(
         settings, consul_address=agent.address, advertise_address="127.0.0.1", consul_tags=["gpu", "api"]

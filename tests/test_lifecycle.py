@@ -19,16 +19,7 @@ import pytest
 from app.version import package_version
 
 from .conftest import wait_until
-from .consul_agent import ConsulAgent
 from .registry_process import ROOT, RegistryProcess
-
-
-@pytest.fixture
-def agent() -> Iterator[ConsulAgent]:
-    agent = ConsulAgent()
-    agent.start()
-    yield agent
-    agent.stop()
 
 
 @pytest.fixture
