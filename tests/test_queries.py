@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .conftest import gpu, new_id
+from .conftest import gpu
 
 STATUSES = ("idle", "busy", "maintenance", "error", "offline")
 
