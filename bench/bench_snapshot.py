@@ -62,9 +62,7 @@ def fill(registry: Registry, n: int, batch: int = 1000) -> None:
         pipe = registry.redis.pipeline(transaction=False)
         for i in range(start, min(n, start + batch)):
             provider_id = str(uuid.UUID(int=i + 1))
-            # ID, mode, TTL, status, If-Match, new token hash, token check, details (write.lua)
-            args = [provider_id, "register", store.lease_ttl_ms, "idle", "", "", "", *store._detail_args(details(i))]
-            store._write(keys=store.ctx.keys, args=store.ctx.args + args, client=pipe)
+            store.run_script(store._write, [], store.register_args(provider_id, details(i), "idle"), pipe)
         pipe.execute()
 
 
@@ -75,8 +73,7 @@ def heartbeat_all(registry: Registry, n: int, batch: int = 1000) -> None:
         pipe = registry.redis.pipeline(transaction=False)
         for i in range(start, min(n, start + batch)):
             pid = str(uuid.UUID(int=i + 1))
-            args = [pid, store.lease_ttl_ms, "", "", "", ""]  # no status, metrics, If-Match or token
-            store._heartbeat(keys=store.ctx.keys, args=store.ctx.args + args, client=pipe)
+            store.run_script(store._heartbeat, [], store.heartbeat_args(pid), pipe)
         pipe.execute()
 
 

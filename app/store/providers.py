@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 import redis
+from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
 from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
 from ..models import DETAIL_FIELDS, Filters, Lease, Page, Provider, Transition
@@ -31,8 +32,6 @@ def token_mismatch(provider_id: str) -> Unauthorized:
     # One answer whether the provider has another token or the token is someone else's.
     return Unauthorized(f"the credential is not valid for provider {provider_id}", invalid=True)
 
-from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
-
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +45,12 @@ def _int_or_none(value: str | None) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
+
+
+def _ms(time_reply: tuple[int, int]) -> int:
+    """Turn a Redis TIME reply (seconds, microseconds) into milliseconds."""
+    seconds, micros = time_reply
+    return seconds * 1000 + micros // 1000
 
 
 def _dumps(value: Any) -> str:
@@ -153,9 +158,34 @@ class ProviderStore:
         # restore_args's derived values by GPU shape and location (see there).
         self._derived: dict[Any, tuple[Any, ...]] = {}
 
-    def run_script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`."""
-        return script(keys=self.ctx.keys + keys, args=self.ctx.args + args)
+    def run_script(
+        self, script: Any, keys: list[str], args: list[Any], client: Any = None
+    ) -> Any:
+        """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`.
+
+        `client` may be a pipeline, to batch calls (bench and bulk tools).
+        """
+        return script(keys=self.ctx.keys + keys, args=self.ctx.args + args, client=client)
+
+    def register_args(
+        self, provider_id: str, details: dict[str, Any], status: str,
+        token_hash: str = "", expected_token_hash: str = "",
+    ) -> list[Any]:
+        """Return write.lua's arguments (after the fixed ones) for a registration."""
+        return [provider_id, "register", self.lease_ttl_ms, status, "", token_hash,
+                expected_token_hash, *self._detail_args(details)]
+
+    def heartbeat_args(
+        self, provider_id: str, status: str | None = None,
+        gpu_metrics: list[dict[str, Any]] | None = None, if_match: str = "",
+        expected_token_hash: str = "",
+    ) -> list[Any]:
+        """Return heartbeat.lua's arguments (after the fixed ones) for a heartbeat."""
+        metrics = ""
+        if gpu_metrics:
+            live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
+            metrics = _dumps(live)
+        return [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash]
 
     def _detail_args(self, details: dict[str, Any]) -> list[Any]:
         fields: list[Any] = []
@@ -197,8 +227,7 @@ class ProviderStore:
         """
         code, now, flat = self.run_script(
             self._write, [],
-            [provider_id, "register", self.lease_ttl_ms, status, "", token_hash, expected_token_hash,
-             *self._detail_args(details)],
+            self.register_args(provider_id, details, status, token_hash, expected_token_hash),
         )
         if code == TOKEN_MISMATCH:
             if expected_token_hash == MUST_BE_NEW:
@@ -242,13 +271,9 @@ class ProviderStore:
             Unauthorized: `expected_token_hash` is given and is not the provider's.
             VersionMismatch: `if_match` does not hold the provider's version.
         """
-        metrics = ""
-        if gpu_metrics:
-            live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
-            metrics = _dumps(live)
         code, now, fields = self.run_script(
             self._heartbeat, [],
-            [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash],
+            self.heartbeat_args(provider_id, status, gpu_metrics, if_match, expected_token_hash),
         )
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
@@ -280,14 +305,14 @@ class ProviderStore:
         pipe = self.redis.pipeline(transaction=False)
         pipe.time()
         pipe.hgetall(self.keys.provider(provider_id))
-        (seconds, micros), fields = pipe.execute()
+        now, fields = pipe.execute()
         if not fields:
             raise ProviderNotFound(provider_id)
         if expected_token_hash and not hmac.compare_digest(
             fields.get("token_hash", ""), expected_token_hash
         ):
             raise token_mismatch(provider_id)
-        return Provider.from_hash(fields), seconds * 1000 + micros // 1000
+        return Provider.from_hash(fields), _ms(now)
 
     @wrap_errors
     def delete(self, provider_id: str, if_match: str = "", expected_token_hash: str = "") -> None:
@@ -390,8 +415,7 @@ class ProviderStore:
     @wrap_errors
     def now_ms(self) -> int:
         """Return Redis server time in ms, the registry's one clock."""
-        seconds, micros = self.redis.time()
-        return seconds * 1000 + micros // 1000
+        return _ms(self.redis.time())
 
     @wrap_errors
     def count(self) -> int:
@@ -414,9 +438,9 @@ class ProviderStore:
         pipe.time()
         for provider_id in provider_ids:
             pipe.hgetall(self.keys.provider(provider_id))
-        (seconds, micros), *hashes = pipe.execute()
+        now, *hashes = pipe.execute()
         found = [(pid, fields) for pid, fields in zip(provider_ids, hashes) if fields]
-        return seconds * 1000 + micros // 1000, found
+        return _ms(now), found
 
     @wrap_errors
     def generation(self) -> str | None:
