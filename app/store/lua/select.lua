@@ -161,10 +161,8 @@ local function select_candidates(statuses)
       if candidate and not sel.removed[id] and (count_passing(fields[2])) < f.min_gpus then
         if in_added[id] then
           in_added[id] = nil
-        else
-          for _, key in ipairs(sel.parts) do
-            if member(key, id) then remove(id); break end
-          end
+        elseif in_any(part_of[fields[1]] or sel.parts, id) then
+          remove(id)
         end
       end
     end
