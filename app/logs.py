@@ -52,6 +52,8 @@ def install_request_logging(app: Flask) -> None:
                 "path": request.environ.get("PATH_INFO", ""),
                 "status": response.status_code,
                 "duration_ms": round(duration_ms, 3),
+                # What a view adds, such as the clock a daemon claims to have.
+                **g.get("log_fields", {}),
             },
         )
         return response

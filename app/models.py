@@ -1,12 +1,26 @@
 """Plain records the store returns and the API serialises."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 DETAIL_FIELDS = ("owner_id", "name", "hostname", "ip_address", "location")
+# Live GPU fields a heartbeat may update; the rest of a GPU changes only with its details.
+LIVE_GPU_FIELDS = (
+    "utilization_gpu_percent",
+    "utilization_memory_percent",
+    "temperature_c",
+    "power_draw_w",
+    "is_healthy",
+)
+# GPU fields that the platform's Go structs declare as integers.
+INTEGER_GPU_FIELDS = (
+    "vram_mb", "cuda_cores", "tensor_cores", "memory_bandwidth_gb_s", "power_consumption_w",
+    "utilization_gpu_percent", "utilization_memory_percent", "temperature_c", "power_draw_w",
+)
 
 
 def rfc3339(ms: int | None) -> str | None:
@@ -19,6 +33,16 @@ def rfc3339(ms: int | None) -> str | None:
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
+
+
+def _gpus(text: str) -> list[dict[str, Any]]:
+    """Decode a stored GPU list; numbers that version 1 stored as floats come back as ints."""
+    gpus = orjson.loads(text)
+    for gpu in gpus:
+        for name in INTEGER_GPU_FIELDS:
+            if type(gpu.get(name)) is float:
+                gpu[name] = round(gpu[name])
+    return gpus
 
 
 @dataclass(frozen=True)
@@ -51,8 +75,8 @@ class Provider:
             owner_id=fields["owner_id"],
             name=fields["name"],
             status=fields["status"],
-            gpus=json.loads(fields["gpus"]),
-            metadata=json.loads(fields.get("metadata") or "{}"),
+            gpus=_gpus(fields["gpus"]),
+            metadata=orjson.loads(fields.get("metadata") or "{}"),
             registered_at_ms=int(fields["registered_at"]),
             last_seen_at_ms=_int(fields.get("last_seen_at")),
             lease_expires_at_ms=_int(fields.get("lease_expires_at")),

@@ -25,8 +25,8 @@ class GpuKind:
     compute_capability: str | None
     cuda_cores: int
     tensor_cores: int
-    memory_bandwidth_gb_s: float
-    power_consumption_w: float
+    memory_bandwidth_gb_s: int
+    power_consumption_w: int
     datacenter: bool
     weight: int
 
@@ -81,10 +81,10 @@ def _gpu(rng: random.Random, kind: GpuKind, driver: str) -> dict[str, Any]:
         "tensor_cores": kind.tensor_cores,
         "memory_bandwidth_gb_s": kind.memory_bandwidth_gb_s,
         "power_consumption_w": kind.power_consumption_w,
-        "utilization_gpu_percent": float(rng.randrange(0, 101)),
-        "utilization_memory_percent": float(rng.randrange(0, 101)),
-        "temperature_c": float(rng.randrange(30, 86)),
-        "power_draw_w": float(rng.randrange(20, int(kind.power_consumption_w) + 1)),
+        "utilization_gpu_percent": rng.randrange(0, 101),
+        "utilization_memory_percent": rng.randrange(0, 101),
+        "temperature_c": rng.randrange(30, 86),
+        "power_draw_w": rng.randrange(20, kind.power_consumption_w + 1),
         "is_healthy": True,
     }
     if kind.compute_capability:

@@ -118,30 +118,30 @@ def test_heartbeat_with_status_brings_an_offline_provider_back_in_that_status(pr
 
 def test_heartbeat_merges_live_gpu_metrics_by_position(providers):
     first = providers.register(
-        gpus=[gpu("A100", 40960, temperature_c=40.0), gpu("H100", 81920, power_draw_w=100.0)]
+        gpus=[gpu("A100", 40960, temperature_c=40), gpu("H100", 81920, power_draw_w=100)]
     )
     metrics = [
-        {"utilization_gpu_percent": 90.0, "utilization_memory_percent": 55.5},
-        {"temperature_c": 71.5, "power_draw_w": 350.0, "is_healthy": False},
+        {"utilization_gpu_percent": 90, "utilization_memory_percent": 55},
+        {"temperature_c": 71, "power_draw_w": 350, "is_healthy": False},
     ]
 
     providers.heartbeat(first["id"], gpu_metrics=metrics)
 
     assert providers.get(first["id"])["gpus"] == [
-        gpu("A100", 40960, temperature_c=40.0, is_healthy=True,
-            utilization_gpu_percent=90.0, utilization_memory_percent=55.5),
-        gpu("H100", 81920, temperature_c=71.5, power_draw_w=350.0, is_healthy=False),
+        gpu("A100", 40960, temperature_c=40, is_healthy=True,
+            utilization_gpu_percent=90, utilization_memory_percent=55),
+        gpu("H100", 81920, temperature_c=71, power_draw_w=350, is_healthy=False),
     ]
 
 
 def test_heartbeat_metrics_do_not_change_the_gpus_identity(providers):
     first = providers.register(gpus=[gpu("A100", 40960, architecture="ampere", cuda_cores=6912)])
-    metrics = [gpu("H100", 81920, architecture="hopper", cuda_cores=1, temperature_c=50.0)]
+    metrics = [gpu("H100", 81920, architecture="hopper", cuda_cores=1, temperature_c=50)]
 
     providers.heartbeat(first["id"], gpu_metrics=metrics)
 
     assert providers.get(first["id"])["gpus"] == [
-        gpu("A100", 40960, architecture="ampere", cuda_cores=6912, is_healthy=True, temperature_c=50.0)
+        gpu("A100", 40960, architecture="ampere", cuda_cores=6912, is_healthy=True, temperature_c=50)
     ]
     assert providers.ids("gpu_model=A100&min_vram=40960") == [first["id"]]
     assert providers.ids("gpu_model=H100") == []
@@ -149,13 +149,13 @@ def test_heartbeat_metrics_do_not_change_the_gpus_identity(providers):
 
 def test_heartbeat_metrics_without_is_healthy_leave_it_as_it_was(providers):
     first = providers.register(gpus=[gpu(is_healthy=False)])
-    providers.heartbeat(first["id"], gpu_metrics=[{"temperature_c": 30.0}])
+    providers.heartbeat(first["id"], gpu_metrics=[{"temperature_c": 30}])
     assert providers.get(first["id"])["gpus"][0]["is_healthy"] is False
 
 
 def test_heartbeat_metrics_beyond_the_gpus_are_ignored(providers):
     first = providers.register(gpus=[gpu()])
-    providers.heartbeat(first["id"], gpu_metrics=[{"temperature_c": 30.0}, {"temperature_c": 99.0}])
+    providers.heartbeat(first["id"], gpu_metrics=[{"temperature_c": 30}, {"temperature_c": 99}])
     gpus = providers.get(first["id"])["gpus"]
     assert len(gpus) == 1 and gpus[0]["temperature_c"] == 30.0
 

@@ -66,8 +66,8 @@ def test_register_with_optional_fields_absent_shows_them_null(client):
 def test_register_keeps_every_optional_gpu_field(providers):
     full = gpu(
         architecture="hopper", compute_capability="9.0", cuda_cores=16896, tensor_cores=528,
-        memory_bandwidth_gb_s=3350.5, power_consumption_w=700.0, utilization_gpu_percent=12.5,
-        utilization_memory_percent=40.0, temperature_c=61.0, power_draw_w=310.5, is_healthy=False,
+        memory_bandwidth_gb_s=3350, power_consumption_w=700, utilization_gpu_percent=12,
+        utilization_memory_percent=40, temperature_c=61, power_draw_w=310, is_healthy=False,
     )
     body = providers.register(gpus=[full])
     assert body["gpus"] == [full]
@@ -210,12 +210,24 @@ def test_put_details_of_unknown_provider_is_404(client, redis_db, prefix):
     assert redis_state(redis_db) == {}  # no provider key written (rate-limit counters aside)
 
 
-def test_put_details_rejects_status_and_id(client, providers):
-    first = providers.register()
-    for extra in ({"status": "busy"}, {"id": first["id"]}):
-        response = client.put(f"/providers/{first['id']}", json=provider_body(**extra))
-        assert response.status_code == 400
-        assert list(response.get_json()["details"]) == list(extra)
+def test_put_accepts_the_object_get_returned_and_ignores_its_server_fields(client, providers):
+    first = providers.register(status="busy")
+    shown = providers.get(first["id"])
+    edited = {**shown, "name": "renamed", "status": "idle", "version": 999, "registered_at": None}
+    response = client.put(f"/providers/{first['id']}", json=edited)
+    assert response.status_code == 200, response.get_json()
+    after = response.get_json()
+    assert after["name"] == "renamed"
+    assert after["status"] == "busy" and after["registered_at"] == shown["registered_at"]
+    assert after["version"] == shown["version"] + 1
+
+
+def test_put_with_another_providers_id_is_refused(client, providers):
+    first, other = providers.register(), providers.register()
+    response = client.put(f"/providers/{first['id']}", json=provider_body(id=other["id"]))
+    assert response.status_code == 400
+    assert list(response.get_json()["details"]) == ["id"]
+    assert providers.get(first["id"])["version"] == first["version"]
 
 
 @PREFIXES

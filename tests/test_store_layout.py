@@ -214,7 +214,7 @@ def warm(client, providers):
 def test_a_heartbeat_is_one_script_call(providers, redis_db):
     body = providers.register()
     redis_db.config_resetstat()
-    providers.heartbeat(body["id"], status="busy", gpu_metrics=[{"temperature_c": 50.0}])
+    providers.heartbeat(body["id"], status="busy", gpu_metrics=[{"temperature_c": 50}])
     calls = command_calls(redis_db)
     assert calls.pop("evalsha") == 1
     # What the script did inside that one call: no scan of any kind.

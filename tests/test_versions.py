@@ -42,7 +42,7 @@ def test_plain_heartbeats_metrics_and_lapses_bump_nothing(make_app):
     provider_id = providers.register()["id"]
     providers.heartbeat(provider_id)
     providers.heartbeat(provider_id, status="idle")
-    providers.heartbeat(provider_id, gpu_metrics=[{"utilization_gpu_percent": 97.0, "temperature_c": 71.5}])
+    providers.heartbeat(provider_id, gpu_metrics=[{"utilization_gpu_percent": 97, "temperature_c": 71}])
     assert version(client, provider_id) == 1
 
     time.sleep(1.05)

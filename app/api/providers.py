@@ -4,9 +4,10 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, g, jsonify, request, url_for
 
 from ..auth import provider_token_hash, registration, requires
+from ..errors import ValidationFailed
 from ..registry import current_registry
 from ..schemas import HeartbeatSchema, ListQuerySchema, ProviderDetailsSchema, RegisterSchema
 from .conditional import if_match_versions
@@ -21,6 +22,14 @@ DETAILS, LIST_QUERY = ProviderDetailsSchema(), ListQuerySchema()
 
 def _location(provider_id: str) -> str:
     return url_for(".get_provider", provider_id=uuid.UUID(provider_id))
+
+
+def _same_id(body_id: str | None, provider_id: uuid.UUID, field: str) -> None:
+    """Refuse a body that names another provider than the path."""
+    if body_id is not None and body_id != str(provider_id):
+        raise ValidationFailed(
+            "invalid request body", details={field: ["Must be the provider ID of the path."]}
+        )
 
 
 @bp.post("/providers")
@@ -50,6 +59,9 @@ def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Renew the lease; optionally set the status and report live GPU metrics."""
     registry = current_registry()
     data = json_body(HEARTBEAT, optional=True)
+    _same_id(data.get("provider_id"), provider_id, "provider_id")
+    if "timestamp" in data:
+        g.log_fields = {"client_timestamp": data["timestamp"]}
     lease = registry.store.heartbeat(
         str(provider_id), data.get("status"), data.get("gpu_metrics"), if_match_versions(),
         provider_token_hash(),
@@ -62,6 +74,7 @@ def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 def update_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Replace a provider's details; status and lease are untouched."""
     data = json_body(DETAILS)
+    _same_id(data.pop("id", None), provider_id, "id")
     provider, now = current_registry().store.update(
         str(provider_id), data, if_match_versions(), provider_token_hash()
     )

@@ -14,19 +14,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class StrictInteger(fields.Integer):
-    """An integer that must be a JSON integer."""
+    """An integer that must be a JSON number without a fractional part.
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, **kwargs)
+    `75.0` is taken as 75, since many clients write whole numbers that way; `75.5`, `"75"`
+    and `true` are refused. Loaded values are Python ints, so answers carry JSON integers
+    (Go's decoder refuses `75.0` for an integer field).
+    """
 
+    default_error_messages = {"invalid": "Not a valid integer."}
 
-class StrictFloat(fields.Float):
-    """A number that must be a JSON number, not a string."""
-
-    def _validated(self, value: Any) -> float:
-        if isinstance(value, str):
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if value is True or value is False or not isinstance(value, int):
             raise self.make_error("invalid", input=value)
-        return super()._validated(value)
+        return value
 
 
 class StrictBoolean(fields.Boolean):
@@ -38,15 +40,20 @@ class StrictBoolean(fields.Boolean):
         raise self.make_error("invalid", input=value)
 
 
-def _no_control_characters(value: str) -> None:
+def _no_control_characters_in(value: str) -> None:
     if _CONTROL.search(value):
         raise ValidationError("Must not contain control characters.")
+
+
+def _no_control_characters(value: str) -> None:
+    _no_control_characters_in(value)
     if not value.strip():
         raise ValidationError("Must not be blank.")
 
 
-# The same rule as a JSON Schema pattern, for the published contract.
+# The same rules as JSON Schema patterns, for the published contract.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 
 
 class Name(fields.String):
@@ -61,6 +68,28 @@ class Name(fields.String):
         )
 
 
+class OptionalName(Name):
+    """A `Name` that may also be sent as "" (Go's zero value): "" means absent, like null."""
+
+    def __init__(self, max_length: int = MAX_NAME, **kwargs: Any) -> None:
+        metadata = {"pattern": f"^$|{NAME_PATTERN}"}
+        super().__init__(max_length=max_length, allow_none=True, metadata=metadata, **kwargs)
+
+    def deserialize(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+        return None if value == "" else super().deserialize(value, *args, **kwargs)
+
+
+class Text(fields.String):
+    """A string of at most `max_length` characters without control characters; may be ""."""
+
+    def __init__(self, max_length: int, **kwargs: Any) -> None:
+        super().__init__(
+            validate=[validate.Length(max=max_length), _no_control_characters_in],
+            metadata={"pattern": TEXT_PATTERN, **kwargs.pop("metadata", {})},
+            **kwargs,
+        )
+
+
 class IPAddress(fields.String):
     """An IPv4 or IPv6 address, kept as its compressed text."""
 
@@ -68,6 +97,10 @@ class IPAddress(fields.String):
         # For the published contract (and the cases generated from it).
         any_of = [{"format": "ipv4"}, {"format": "ipv6"}]
         super().__init__(metadata={"anyOf": any_of, **kwargs.pop("metadata", {})}, **kwargs)
+
+    def deserialize(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+        # "" is Go's zero value for a string: an address not given.
+        return None if value == "" else super().deserialize(value, *args, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         text = super()._deserialize(value, attr, data, **kwargs)

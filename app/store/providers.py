@@ -11,18 +11,10 @@ import redis
 from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
 from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
-from ..models import DETAIL_FIELDS, Filters, Lease, Page, Provider, Transition
+from ..models import DETAIL_FIELDS, LIVE_GPU_FIELDS, Filters, Lease, Page, Provider, Transition
 from .keys import STATUSES, Keys, canonical_name, fold_name
 from .scripts import ScriptContext, load_script, pairs, wrap_errors
 
-# Live GPU fields a heartbeat may update; the rest of a GPU changes only with its details.
-LIVE_GPU_FIELDS = (
-    "utilization_gpu_percent",
-    "utilization_memory_percent",
-    "temperature_c",
-    "power_draw_w",
-    "is_healthy",
-)
 NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH = -1, -2, -3
 # The credential check meaning "the provider must not exist yet" (see write.lua).
 MUST_BE_NEW = "!"
