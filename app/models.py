@@ -190,12 +190,18 @@ class Transition:
 
 @dataclass(frozen=True)
 class Filters:
-    """What a query asks of a provider; GPU filters apply to each GPU."""
+    """What a query asks of a provider; GPU filters apply to each GPU.
+
+    `gpu_model` and `architecture` match a substring of the name (case and spacing aside),
+    the `_exact` ones the whole name.
+    """
 
     gpu_model: str | None = None
+    gpu_model_exact: str | None = None
     min_vram: int | None = None
     min_gpus: int = 1
     architecture: str | None = None
+    architecture_exact: str | None = None
     healthy_only: bool = False
     statuses: tuple[str, ...] = field(default_factory=tuple)
     location: str | None = None

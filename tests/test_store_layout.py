@@ -245,7 +245,7 @@ def test_a_query_is_one_script_call_that_reads_only_the_page(client, providers, 
     assert len(response.get_json()) == 5
     calls = command_calls(redis_db)
     assert calls.pop("evalsha") == 1
-    assert calls["hgetall"] == 5  # the page, not every provider
+    assert calls["hgetall"] == 5 + 1  # the page, and the GPU catalog: not every provider
     assert not set(calls) & {"keys", "scan", "zscan", "sscan", "hscan", "smembers"}
 
 
@@ -255,6 +255,16 @@ def test_a_get_is_one_pipelined_round_trip(providers, redis_db):
     redis_db.config_resetstat()
     providers.get(body["id"])
     assert command_calls(redis_db) == {"time": 1, "hgetall": 1}
+
+
+@pytest.mark.usefixtures("warm")
+def test_an_exact_model_query_reads_one_catalog_field_not_the_catalog(client, providers, redis_db):
+    for i in range(4):
+        providers.register(gpus=[gpu("A100", 40960), gpu("H100", 81920)])
+    redis_db.config_resetstat()
+    assert len(client.get("/providers?gpu_model_exact=a100&limit=2").get_json()) == 2
+    calls = command_calls(redis_db)
+    assert calls["hget"] == 1 and calls["hgetall"] == 2
 
 
 # ---- the README shows what the store writes --------------------------------------------------

@@ -16,13 +16,14 @@ from hypothesis import strategies as st
 
 from app.errors import ProviderNotFound
 from app.registry import Registry
-from app.store.keys import LIVE_STATUSES, STATUSES, Keys
+from app.models import Filters
+from app.store.keys import LIVE_STATUSES, STATUSES, Keys, canonical_name, fold_name
 from app.store.providers import gpu_buckets, gpu_token, index_entries
 
 IDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(2)]
 # Few names, so that providers are often regular (one canonical model) and writes can flip
 # them between regular and irregular; "a100 " is "A100" canonically, the others are hostile.
-MODELS = ["A100", "a100 ", "A100:2", "RTX*4090 ünï"]
+MODELS = ["A100", "a100 ", "A100:2", "RTX*4090 ünï", "NVIDIA A1000"]
 EXAMPLES = 200
 
 gpus = st.lists(
@@ -82,6 +83,7 @@ def recomputed(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     """Every index as the provider hashes alone say it should be."""
     zsets: dict[str, dict[str, float]] = defaultdict(dict)
     irregular = set()
+    catalogs: dict[str, dict[str, str]] = {keys.gpu_catalog: {}, keys.arch_catalog: {}}
     for hash_key in client.scan_iter(match=f"{keys.provider_prefix}*"):
         fields = client.hgetall(hash_key)
         pid, gpus_list = fields["id"], json.loads(fields["gpus"])
@@ -93,6 +95,11 @@ def recomputed(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         for index, vram in gpu_buckets(keys, {"gpus": gpus_list}):
             zsets[Keys.bucket(index, vram, fields["status"])][pid] = float(vram)
             zsets[index][str(vram)] = float(vram)
+        for gpu in gpus_list:
+            catalogs[keys.gpu_catalog][canonical_name(gpu["model_name"])] = fold_name(gpu["model_name"])
+            if gpu.get("architecture"):
+                name = gpu["architecture"]
+                catalogs[keys.arch_catalog][canonical_name(name)] = fold_name(name)
         zsets[keys.status(fields["status"])][pid] = 0.0
         zsets[keys.providers][pid] = 0.0
         if fields["status"] != "offline":
@@ -102,7 +109,7 @@ def recomputed(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         tokens = {gpu_token(gpu).rsplit("|", 1)[0] for gpu in gpus_list}
         if len(tokens) > 1 or any(gpu.get("is_healthy") is False for gpu in gpus_list):
             irregular.add(pid)
-    return {"zsets": dict(zsets), "irregular": irregular}
+    return {"zsets": dict(zsets), "irregular": irregular, "catalogs": catalogs}
 
 
 def stored(client: redis.Redis, keys: Keys) -> dict[str, Any]:
@@ -111,7 +118,8 @@ def stored(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     for key in client.scan_iter(match=f"{keys.prefix}*"):
         if client.type(key) == "zset":
             zsets[key] = dict(client.zrange(key, 0, -1, withscores=True))
-    return {"zsets": zsets, "irregular": client.smembers(keys.irregular)}
+    catalogs = {key: client.hgetall(key) for key in (keys.gpu_catalog, keys.arch_catalog)}
+    return {"zsets": zsets, "irregular": client.smembers(keys.irregular), "catalogs": catalogs}
 
 
 def _body(*models: str, healthy: bool = True, location: str | None = "eu-west") -> dict[str, Any]:
@@ -156,3 +164,63 @@ def test_any_sequence_of_writes_leaves_indexes_equal_to_a_recomputation_from_the
     keys = registry.store.keys
     assert stored(redis_db, keys) == recomputed(redis_db, keys)
     assert not redis_db.keys(f"{keys.tmp_prefix}*")  # no scratch key left behind
+
+
+# ---- queries agree with a filter applied to the hashes one by one -----------------------------
+
+filters = st.builds(
+    Filters,
+    gpu_model=st.sampled_from([None, None, "a1", "A100", "100", "rtx*", "Ü", "zzz"]),
+    gpu_model_exact=st.sampled_from([None, None, None, "a100", "NVIDIA A1000", "A100:2"]),
+    min_vram=st.sampled_from([None, None, 24576, 81920]),
+    min_gpus=st.sampled_from([1, 1, 2, 3]),
+    architecture=st.sampled_from([None, None, "amp", "ADA", "e"]),
+    architecture_exact=st.sampled_from([None, None, "ampere"]),
+    healthy_only=st.booleans(),
+    statuses=st.sampled_from([(), ("idle",), ("busy", "error"), ("offline",)]),
+    location=st.sampled_from([None, None, "eu-west", "US:EAST"]),
+)
+QUERY_IDS = [f"00000000-0000-4000-8000-0000000000{i:02d}" for i in range(12)]
+
+
+def matches(fields: dict[str, str], f: Filters) -> bool:
+    """Whether a provider passes `f`, decided from its hash alone (no lease lapses here)."""
+    def gpu_passes(gpu: dict[str, Any]) -> bool:
+        model, arch = fold_name(gpu["model_name"]), fold_name(gpu.get("architecture") or "")
+        return (
+            (f.gpu_model is None or fold_name(f.gpu_model) in model)
+            and (f.gpu_model_exact is None or fold_name(f.gpu_model_exact) == model)
+            and (f.architecture is None or (arch != "" and fold_name(f.architecture) in arch))
+            and (f.architecture_exact is None or fold_name(f.architecture_exact) == arch)
+            and gpu["vram_mb"] >= (f.min_vram or 0)
+            and not (f.healthy_only and gpu.get("is_healthy") is False)
+        )
+
+    passing = sum(gpu_passes(gpu) for gpu in json.loads(fields["gpus"]))
+    location_ok = f.location is None or fold_name(f.location) == fold_name(fields.get("location") or "")
+    status_ok = not f.statuses or fields["status"] in f.statuses
+    return passing >= f.min_gpus and location_ok and status_ok
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    fleet=st.lists(st.tuples(details, st.sampled_from(LIVE_STATUSES)), min_size=1, max_size=12),
+    f=filters,
+)
+def test_any_query_returns_exactly_the_providers_whose_gpus_pass_its_filters(
+    registry: Registry, redis_db: redis.Redis, fleet: list[tuple[dict[str, Any], str]], f: Filters
+) -> None:
+    redis_db.flushall()
+    for pid, (body, status) in zip(QUERY_IDS, fleet):
+        registry.store.register(pid, body, status)
+    expected = sorted(
+        pid for pid in QUERY_IDS[: len(fleet)] if matches(redis_db.hgetall(registry.store.keys.provider(pid)), f)
+    )
+    page = registry.store.query(f, limit=100)
+    assert [p.id for p in page.providers] == expected
+    assert page.total == len(expected)

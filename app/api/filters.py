@@ -13,9 +13,11 @@ def filters_from(args: dict[str, Any], statuses: tuple[str, ...] = ()) -> Filter
     sort = args.get("sort", "id")
     return Filters(
         gpu_model=args.get("gpu_model"),
+        gpu_model_exact=args.get("gpu_model_exact"),
         min_vram=args.get("min_vram"),
         min_gpus=args.get("min_gpus", 1),
         architecture=args.get("architecture"),
+        architecture_exact=args.get("architecture_exact"),
         healthy_only=args.get("healthy_only", False),
         statuses=statuses,
         location=args.get("location"),

@@ -11,6 +11,7 @@ import threading
 from ..errors import StoreUnavailable
 from ..models import Transition
 from ..store import ProviderStore
+from ..store.migrations import migrate
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,16 @@ class Sweeper:
                 return transitions
 
     def run(self) -> None:
-        """Loop until `stop()`; a Redis outage is logged once and retried."""
+        """Loop until `stop()`; a Redis outage is logged once and retried.
+
+        Its first step brings the store to the current key layout (migrations.py).
+        """
+        migrated = False
         while not self._stop.is_set():
             try:
+                if not migrated:
+                    migrate(self.store)
+                    migrated = True
                 self.sweep_once()
                 if self._outage:
                     log.info("sweeper: store reachable again")

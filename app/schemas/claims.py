@@ -13,9 +13,11 @@ class ClaimSchema(_Strict):
     """`POST /providers/claim`: the list filters, how many, in which order, for how long."""
 
     gpu_model = Name(allow_none=True)
+    gpu_model_exact = Name(allow_none=True)
     min_vram = StrictInteger(allow_none=True, validate=validate.Range(1, MAX_VRAM_MB))
     min_gpus = StrictInteger(load_default=1, validate=validate.Range(1, MAX_GPUS))
     architecture = Name(allow_none=True, max_length=64)
+    architecture_exact = Name(allow_none=True, max_length=64)
     healthy_only = StrictBoolean(load_default=False)
     location = Name(allow_none=True)
     count = StrictInteger(load_default=1, validate=validate.Range(1, 64))

@@ -182,10 +182,12 @@ SORTS = ("id", "vram", "-vram", "gpus", "-gpus", "last_seen", "-last_seen")
 class ListQuerySchema(_Strict):
     """Query parameters of `GET /providers`."""
 
-    gpu_model = Name()
+    gpu_model = Name(metadata={"description": "a substring of a GPU's model, any case"})
+    gpu_model_exact = Name(metadata={"description": "a GPU's whole model name, any case"})
     min_vram = fields.Integer(validate=validate.Range(1, MAX_VRAM_MB))
     min_gpus = fields.Integer(load_default=1, validate=validate.Range(1, MAX_GPUS))
-    architecture = Name(max_length=64)
+    architecture = Name(max_length=64, metadata={"description": "a substring of a GPU's architecture"})
+    architecture_exact = Name(max_length=64, metadata={"description": "a GPU's whole architecture"})
     healthy_only = fields.Boolean(load_default=False)
     status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
     location = Name()

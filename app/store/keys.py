@@ -39,6 +39,12 @@ class Keys:
         self.provider_prefix = f"{prefix}provider:"
         self.lease_prefix = f"{prefix}lease:"
         self.tmp_prefix = f"{prefix}tmp:"
+        self.gpu_prefix = f"{prefix}gpu:"
+        self.arch_prefix = f"{prefix}arch:"
+        # Canonical name -> folded name of every GPU model and architecture that has an index:
+        # substring filters resolve against these, never against the providers.
+        self.gpu_catalog = f"{prefix}catalog:gpu"
+        self.arch_catalog = f"{prefix}catalog:arch"
         # flask-limiter's counters; its storage adds ":" and its own key after this.
         self.ratelimit_prefix = f"{prefix}ratelimit"
         # Random ID of the data set, written by the first snapshot and by each restore: a
@@ -46,6 +52,8 @@ class Keys:
         self.generation = f"{prefix}generation"
         # Held (with a lease) by whichever instance is taking a snapshot or restoring.
         self.snapshot_lock = f"{prefix}lock:snapshot"
+        # The version of this key layout (app/store/migrations.py).
+        self.layout = f"{prefix}layout"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key of this registry (the prefix's glob characters escaped)."""
@@ -73,7 +81,7 @@ class Keys:
 
     def gpu_model_canonical(self, canonical_model: str, count: int) -> str:
         """`gpu_model` for a name already in canonical form."""
-        return f"{self.prefix}gpu:{canonical_model}:{count}"
+        return f"{self.gpu_prefix}{canonical_model}:{count}"
 
     def gpu_any(self, count: int) -> str:
         """GPU index of providers with at least `count` GPUs of any model (as `gpu_model`)."""
@@ -89,7 +97,7 @@ class Keys:
 
     def architecture(self, architecture: str) -> str:
         """Providers with at least one GPU of `architecture`."""
-        return f"{self.prefix}arch:{canonical_name(architecture)}"
+        return f"{self.arch_prefix}{canonical_name(architecture)}"
 
     def location(self, location: str) -> str:
         """Providers at `location`."""

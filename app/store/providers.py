@@ -340,27 +340,31 @@ class ProviderStore:
     def filter_keys(self, filters: Filters) -> list[str]:
         """Return the filter KEYS of select.lua for `filters`."""
         k = self.keys
-        if filters.gpu_model:
-            gpu_key = k.gpu_model(filters.gpu_model, filters.min_gpus)
-        elif filters.min_vram or filters.min_gpus > 1:
-            gpu_key = k.gpu_any(filters.min_gpus)
-        else:
-            gpu_key = ""
-        scratch = [k.tmp(f"select:{i}") for i in range(2 + len(STATUSES))]
+        by_model = filters.gpu_model or filters.gpu_model_exact
+        any_gpu = not by_model and (filters.min_vram or filters.min_gpus > 1)
+        scratch = [k.tmp(f"select:{i}") for i in range(3 + len(STATUSES))]
         return [
-            gpu_key,
-            k.architecture(filters.architecture) if filters.architecture else "",
+            k.gpu_any(filters.min_gpus) if any_gpu else "",
             k.location(filters.location) if filters.location else "",
             *scratch,
         ]
 
     @staticmethod
     def filter_args(filters: Filters) -> list[Any]:
-        """Return the filter ARGV of select.lua for `filters`."""
+        """Return the filter ARGV of select.lua for `filters`.
+
+        Substrings are matched against folded names, exact names as canonical ones.
+        """
+        def folded(name: str | None) -> str:
+            return fold_name(name) if name else ""
+
+        def canonical(name: str | None) -> str:
+            return canonical_name(name) if name else ""
+
         return [
             ",".join(filters.statuses), filters.min_vram or 0, filters.min_gpus,
-            canonical_name(filters.gpu_model) if filters.gpu_model else "",
-            canonical_name(filters.architecture) if filters.architecture else "",
+            folded(filters.gpu_model), canonical(filters.gpu_model_exact),
+            folded(filters.architecture), canonical(filters.architecture_exact),
             "1" if filters.healthy_only else "0",
             filters.sort, "1" if filters.descending else "0",
         ]

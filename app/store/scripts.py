@@ -50,5 +50,7 @@ class ScriptContext:
     """The fixed KEYS and ARGV every script starts with (see lib.lua)."""
 
     def __init__(self, keys: Keys, events_max_len: int) -> None:
-        self.keys = [keys.providers, keys.leases, keys.claims, keys.irregular, keys.events, keys.counts]
-        self.args: list[Any] = [keys.provider_prefix, keys.status(""), keys.lease_prefix, events_max_len]
+        self.keys = [keys.providers, keys.leases, keys.claims, keys.irregular, keys.events,
+                     keys.counts, keys.gpu_catalog, keys.arch_catalog]
+        self.args: list[Any] = [keys.provider_prefix, keys.status(""), keys.lease_prefix,
+                                events_max_len, keys.gpu_prefix, keys.arch_prefix]

@@ -1,8 +1,8 @@
 -- Claim `count` live, idle, unclaimed providers matching the filters, all or nothing.
--- KEYS[1..6] the registry's fixed keys (lib.lua)    KEYS[7..16] filter keys (select.lua)
--- ARGV[1..4] the registry's fixed arguments (lib.lua)    ARGV[5..12] filters (select.lua;
+-- KEYS[1..8] the registry's fixed keys (lib.lua)    KEYS[9..18] filter keys (select.lua)
+-- ARGV[1..6] the registry's fixed arguments (lib.lua)    ARGV[7..16] filters (select.lua;
 -- the statuses argument is ignored)
--- ARGV[13] count    ARGV[14] claim TTL in ms    ARGV[15] claimant    ARGV[16] claim ID
+-- ARGV[17] count    ARGV[18] claim TTL in ms    ARGV[19] claimant    ARGV[20] claim ID
 -- Returns {1, now_ms, expires_at_ms, {hash as a flat list}, ...} when granted, or
 -- {-2, now_ms, live providers matching the filters, how many of them were free}.
 local wanted, ttl, claimant, claim_id =

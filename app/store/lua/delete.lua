@@ -1,8 +1,8 @@
 -- Deregister a provider: remove it from every index and counter, then delete its keys.
--- KEYS[1..6] the registry's fixed keys (lib.lua)
--- ARGV[1..4] the registry's fixed arguments (lib.lua)
--- ARGV[5] provider ID    ARGV[6] If-Match versions ("" for any)
--- ARGV[7] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+-- KEYS[1..8] the registry's fixed keys (lib.lua)
+-- ARGV[1..6] the registry's fixed arguments (lib.lua)
+-- ARGV[7] provider ID    ARGV[8] If-Match versions ("" for any)
+-- ARGV[9] SHA-256 of the caller's provider token, which must equal the stored token_hash,
 --         or "" when the caller's role allows it without one
 -- Returns {code, version}: code 1 deleted, -1 no such provider, -2 the token does not match
 -- (nothing deleted, version 0), -3 If-Match failed.

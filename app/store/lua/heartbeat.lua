@@ -1,10 +1,10 @@
 -- Renew a provider's lease, optionally set its status and merge live GPU metrics.
--- KEYS[1..6] the registry's fixed keys (lib.lua)
--- ARGV[1..4] the registry's fixed arguments (lib.lua)
--- ARGV[5] provider ID    ARGV[6] lease TTL in ms    ARGV[7] new status, or "" to keep it
--- ARGV[8] GPU metrics as a JSON list matched to the GPUs by position, or ""
--- ARGV[9] If-Match versions ("" for any)
--- ARGV[10] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+-- KEYS[1..8] the registry's fixed keys (lib.lua)
+-- ARGV[1..6] the registry's fixed arguments (lib.lua)
+-- ARGV[7] provider ID    ARGV[8] lease TTL in ms    ARGV[9] new status, or "" to keep it
+-- ARGV[10] GPU metrics as a JSON list matched to the GPUs by position, or ""
+-- ARGV[11] If-Match versions ("" for any)
+-- ARGV[12] SHA-256 of the caller's provider token, which must equal the stored token_hash,
 --          or "" when the caller's role allows it without one
 -- Returns {code, now_ms, {status, last_seen_at, lease_expires_at, version}}: code 1 renewed,
 -- -1 no such provider, -2 the token does not match (nothing changed, empty list),

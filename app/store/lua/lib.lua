@@ -5,9 +5,10 @@
 --   KEYS[1] providers (zset of all IDs, scores 0)   KEYS[2] leases (zset by lease deadline ms)
 --   KEYS[3] claims (zset by unconfirmed-claim deadline ms)   KEYS[4] irregular (set)
 --   KEYS[5] events (stream)   KEYS[6] counts (hash of summary counters)
+--   KEYS[7] GPU model catalog   KEYS[8] architecture catalog (hashes: canonical -> folded name)
 -- and ARGV[1] provider hash key prefix, ARGV[2] status key prefix, ARGV[3] lease key prefix,
--- ARGV[4] events max length.
-local CTX_KEYS, CTX_ARGS = 6, 4
+-- ARGV[4] events max length, ARGV[5] GPU model index prefix, ARGV[6] architecture index prefix.
+local CTX_KEYS, CTX_ARGS = 8, 6
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -17,9 +18,9 @@ end
 -- The registry's one clock: Redis server time, the same for every instance.
 local ctx = {
   providers = KEYS[1], leases = KEYS[2], claims = KEYS[3], irregular = KEYS[4],
-  events = KEYS[5], counts = KEYS[6],
+  events = KEYS[5], counts = KEYS[6], gpu_catalog = KEYS[7], arch_catalog = KEYS[8],
   hash_prefix = ARGV[1], status_prefix = ARGV[2], lease_prefix = ARGV[3],
-  events_max_len = tonumber(ARGV[4]),
+  events_max_len = tonumber(ARGV[4]), gpu_prefix = ARGV[5], arch_prefix = ARGV[6],
   now = now_ms(),
 }
 
@@ -60,6 +61,35 @@ local function count(summary, status, sign)
   end
 end
 
+-- The catalogs: every GPU model and architecture that has an index, canonical name to folded
+-- name, so that a substring filter finds its indexes without reading a provider. A model is
+-- catalogued while its index of "at least 1 GPU" exists, an architecture while its index does.
+local function catalog_entry(index)
+  if string.sub(index, 1, #ctx.arch_prefix) == ctx.arch_prefix then
+    return ctx.arch_catalog, string.sub(index, #ctx.arch_prefix + 1)
+  end
+  if string.sub(index, 1, #ctx.gpu_prefix) == ctx.gpu_prefix and string.sub(index, -2) == ':1' then
+    return ctx.gpu_catalog, string.sub(index, #ctx.gpu_prefix + 1, -3)
+  end
+  return nil, nil
+end
+
+-- The folded name of a canonical one (keys.py: quote_plus of the folded name).
+local function unquote(canonical)
+  local plain = string.gsub(canonical, '+', ' ')
+  return (string.gsub(plain, '%%(%x%x)', function(hex) return string.char(tonumber(hex, 16)) end))
+end
+
+local function catalog_add(index)
+  local catalog, name = catalog_entry(index)
+  if catalog then redis.call('HSET', catalog, name, unquote(name)) end
+end
+
+local function catalog_drop_if_empty(index)
+  local catalog, name = catalog_entry(index)
+  if catalog and redis.call('EXISTS', index) == 0 then redis.call('HDEL', catalog, name) end
+end
+
 -- GPU buckets: a provider's "bucket_stems" field lists "<GPU index>:<vram>" stems; it is in
 -- the bucket "<stem>:<stored status>" (every member scored by the VRAM), and each GPU index
 -- key holds the VRAM sizes that have buckets (member and score the size).
@@ -68,7 +98,7 @@ local function bucket_add(stems, id, status)
   for stem in string.gmatch(stems, '%S+') do
     local index, vram = string.match(stem, '^(.*):(%d+)$')
     redis.call('ZADD', stem .. ':' .. status, vram, id)
-    redis.call('ZADD', index, vram, vram)
+    if redis.call('ZADD', index, vram, vram) == 1 then catalog_add(index) end
   end
 end
 
@@ -83,6 +113,7 @@ local function bucket_remove(stems, id, status)
     if empty then
       local index, vram = string.match(stem, '^(.*):(%d+)$')
       redis.call('ZREM', index, vram)
+      catalog_drop_if_empty(index)
     end
   end
 end
@@ -228,6 +259,7 @@ local function drop_indexes(index_keys, id)
   if not index_keys then return end
   for key in string.gmatch(index_keys, '%S+') do
     redis.call('ZREM', key, id)
+    catalog_drop_if_empty(key)
   end
 end
 

@@ -1,8 +1,8 @@
 -- Write back a batch of providers from a snapshot, offline and without a lease, with every
 -- index and counter; a provider that exists already (it registered while the restore ran) is
 -- kept as it is.
--- KEYS[1..6] the registry's fixed keys (lib.lua)
--- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- KEYS[1..8] the registry's fixed keys (lib.lua)
+-- ARGV[1..6] the registry's fixed arguments (lib.lua)
 -- then: p, and per provider: ID, n, n field/value pairs (status "offline", index_keys and
 --       summary among them);
 --       g, and per index key: the key, c, c score/ID pairs (the batch's members of that key);
@@ -55,6 +55,7 @@ for _ = 1, g do
     end
     if #members > 0 then redis.call('ZADD', key, unpack(members)) end
   end
+  catalog_add(key)
   i = last + 1
 end
 

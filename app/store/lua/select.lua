@@ -1,22 +1,69 @@
 -- Choosing providers by filters with set algebra, shared by query.lua and claim.lua
 -- (prepended after lib.lua). The filters `f` come from fixed ARGV and KEYS positions:
--- KEYS[7] GPU index to filter on (its VRAM sizes; see lib.lua), or ""
--- KEYS[8] architecture index, or ""
--- KEYS[9] location index, or ""    KEYS[10..16] scratch keys, deleted before returning
--- ARGV[5] effective statuses wanted, comma-separated, or "" for any
--- ARGV[6] min VRAM in MB (0: none)    ARGV[7] min GPUs
--- ARGV[8] canonical model, or ""    ARGV[9] canonical architecture, or ""
--- ARGV[10] "1" for healthy GPUs only    ARGV[11] sort: "", "vram", "gpus" or "last_seen"
--- ARGV[12] "1" for descending order
-local F_ARGS = CTX_ARGS + 8
+-- KEYS[9] GPU index of any model ("at least k GPUs"), when VRAM or a count is asked without
+--         a model, or ""
+-- KEYS[10] location index, or ""    KEYS[11..18] scratch keys, deleted before returning
+-- ARGV[7] effective statuses wanted, comma-separated, or "" for any
+-- ARGV[8] min VRAM in MB (0: none)    ARGV[9] min GPUs
+-- ARGV[10] folded substring of the GPU model, or ""   ARGV[11] canonical exact model, or ""
+-- ARGV[12] folded substring of the architecture, or ""   ARGV[13] canonical exact one, or ""
+-- ARGV[14] "1" for healthy GPUs only    ARGV[15] sort: "", "vram", "gpus" or "last_seen"
+-- ARGV[16] "1" for descending order
+local F_ARGS = CTX_ARGS + 10
+
+-- The canonical names in `catalog` whose folded name contains `needle` and that equal
+-- `exact` when it is given; nil when neither is given (no filter). The catalogs hold a few
+-- hundred names at most: this reads no provider.
+local function resolve(catalog, needle, exact)
+  if needle == '' and exact == '' then return nil end
+  local names = {}
+  if exact ~= '' then
+    local folded = redis.call('HGET', catalog, exact)
+    if folded and string.find(folded, needle, 1, true) then names[1] = exact end
+    return names
+  end
+  local flat = redis.call('HGETALL', catalog)
+  for i = 1, #flat, 2 do
+    if string.find(flat[i + 1], needle, 1, true) then names[#names + 1] = flat[i] end
+  end
+  return names
+end
+
+local function as_set(names)
+  if names == nil then return nil end
+  local set = {}
+  for _, name in ipairs(names) do set[name] = true end
+  return set
+end
+
 local f = {
-  gpu_key = KEYS[7], arch_key = KEYS[8], location_key = KEYS[9],
-  tmp_range = KEYS[10], tmp_base = KEYS[11], tmp_status = {KEYS[12], KEYS[13], KEYS[14], KEYS[15], KEYS[16]},
+  any_gpu_key = KEYS[CTX_KEYS + 1], location_key = KEYS[CTX_KEYS + 2],
+  tmp_range = KEYS[CTX_KEYS + 3], tmp_base = KEYS[CTX_KEYS + 4], tmp_arch = KEYS[CTX_KEYS + 5],
+  tmp_status = {KEYS[CTX_KEYS + 6], KEYS[CTX_KEYS + 7], KEYS[CTX_KEYS + 8], KEYS[CTX_KEYS + 9],
+    KEYS[CTX_KEYS + 10]},
   statuses = ARGV[CTX_ARGS + 1], min_vram = tonumber(ARGV[CTX_ARGS + 2]),
-  min_gpus = tonumber(ARGV[CTX_ARGS + 3]), model = ARGV[CTX_ARGS + 4], arch = ARGV[CTX_ARGS + 5],
-  healthy_only = ARGV[CTX_ARGS + 6] == '1', sort = ARGV[CTX_ARGS + 7],
-  desc = ARGV[CTX_ARGS + 8] == '1',
+  min_gpus = tonumber(ARGV[CTX_ARGS + 3]),
+  models = resolve(ctx.gpu_catalog, ARGV[CTX_ARGS + 4], ARGV[CTX_ARGS + 5]),
+  archs = resolve(ctx.arch_catalog, ARGV[CTX_ARGS + 6], ARGV[CTX_ARGS + 7]),
+  healthy_only = ARGV[CTX_ARGS + 8] == '1', sort = ARGV[CTX_ARGS + 9],
+  desc = ARGV[CTX_ARGS + 10] == '1',
 }
+f.model_set, f.arch_set = as_set(f.models), as_set(f.archs)
+-- The GPU indexes to read: one per model matched, else the any-model one, else none.
+f.gpu_keys = {}
+if f.models then
+  for _, model in ipairs(f.models) do
+    f.gpu_keys[#f.gpu_keys + 1] = ctx.gpu_prefix .. model .. ':' .. f.min_gpus
+  end
+elseif f.any_gpu_key ~= '' then
+  f.gpu_keys[1] = f.any_gpu_key
+end
+f.gpu_filter = f.models ~= nil or f.any_gpu_key ~= ''
+f.arch_keys = {}
+for _, arch in ipairs(f.archs or {}) do f.arch_keys[#f.arch_keys + 1] = ctx.arch_prefix .. arch end
+-- A provider whose wanted GPUs are of several matched models is in none of their indexes
+-- "at least k" for k > 1; such a provider is irregular, and found among those.
+f.spans_models = f.models ~= nil and #f.models > 1 and f.min_gpus > 1
 
 local function member(key, id)
   return redis.call('ZSCORE', key, id) ~= false
@@ -37,7 +84,7 @@ local function count_passing(gpu_keys)
   local n, largest = 0, 0
   for model, arch, vram, unhealthy in string.gmatch(gpu_keys or '', '(%S-)|(%S-)|(%d+)(!?)') do
     vram = tonumber(vram)
-    if (f.model == '' or model == f.model) and (f.arch == '' or arch == f.arch)
+    if (f.model_set == nil or f.model_set[model]) and (f.arch_set == nil or f.arch_set[arch])
         and vram >= f.min_vram and not (f.healthy_only and unhealthy == '!') then
       n = n + 1
       if vram > largest then largest = vram end
@@ -64,21 +111,25 @@ local function select_candidates(statuses)
     end
   end
 
-  -- The GPU buckets from `min_vram` up: the GPU index holds the sizes that have buckets.
+  -- The GPU buckets from `min_vram` up: each GPU index holds the sizes that have buckets.
   local sizes = {}
-  if f.gpu_key ~= '' then
-    sizes = redis.call('ZRANGEBYSCORE', f.gpu_key, f.min_vram, '+inf')
+  for _, gpu_key in ipairs(f.gpu_keys) do
+    sizes[gpu_key] = redis.call('ZRANGEBYSCORE', gpu_key, f.min_vram, '+inf')
   end
   local function buckets(status)
     local keys = {}
-    for _, vram in ipairs(sizes) do keys[#keys + 1] = f.gpu_key .. ':' .. vram .. ':' .. status end
+    for _, gpu_key in ipairs(f.gpu_keys) do
+      for _, vram in ipairs(sizes[gpu_key]) do
+        keys[#keys + 1] = gpu_key .. ':' .. vram .. ':' .. status
+      end
+    end
     return keys
   end
 
   -- in_base(id): whether a provider passes the detail filters (status aside).
-  local part_of, in_base = {}, nil
-  if f.gpu_key ~= '' and f.arch_key == '' and f.location_key == '' then
-    -- 1. GPU filters alone: the buckets of the wanted statuses are the parts, each already
+  local part_of, in_base, base = {}, nil, nil
+  if #f.gpu_keys == 1 and f.archs == nil and f.location_key == '' then
+    -- 1. One GPU index alone: the buckets of the wanted statuses are the parts, each already
     --    sorted by ID, disjoint, and counted by ZCARD: nothing is copied.
     for _, status in ipairs(wanted_list) do
       part_of[status] = buckets(status)
@@ -86,9 +137,18 @@ local function select_candidates(statuses)
     end
     in_base = function(id) return (passing_gpus(id)) >= f.min_gpus end
   else
-    -- 1. Detail filters intersected into one base set (scores 0: sorted by ID).
-    local sources, base = {}, nil
-    if f.gpu_key ~= '' then
+    -- 1. Detail filters intersected into one base set (scores 0: sorted by ID). A filter
+    --    that matched no index at all is a key that does not exist: an empty set.
+    local sources = {}
+    local function union_of(keys, dest)
+      if #keys == 1 then return keys[1] end
+      if #keys > 1 then
+        store_by_id('ZUNIONSTORE', dest, keys)
+        sel.scratch[#sel.scratch + 1] = dest
+      end
+      return dest
+    end
+    if f.gpu_filter then
       local all = {}
       for _, status in ipairs(STATUSES) do
         for _, key in ipairs(buckets(status)) do all[#all + 1] = key end
@@ -97,9 +157,9 @@ local function select_candidates(statuses)
         store_by_id('ZUNIONSTORE', f.tmp_range, all)
         sel.scratch[#sel.scratch + 1] = f.tmp_range
       end
-      sources[#sources + 1] = f.tmp_range  -- absent when no bucket matched: an empty set
+      sources[#sources + 1] = f.tmp_range
     end
-    if f.arch_key ~= '' then sources[#sources + 1] = f.arch_key end
+    if f.archs then sources[#sources + 1] = union_of(f.arch_keys, f.tmp_arch) end
     if f.location_key ~= '' then sources[#sources + 1] = f.location_key end
     if #sources == 1 then
       base = sources[1]
@@ -150,19 +210,28 @@ local function select_candidates(statuses)
     end)
   end
 
-  -- 4. Irregular providers passed the index arithmetic but may fail the per-GPU filters.
-  if f.healthy_only or f.arch ~= '' then
+  -- 4. Irregular providers passed the index arithmetic but may fail the per-GPU filters, or,
+  --    when their wanted GPUs span several models, pass them outside the indexes.
+  if f.healthy_only or f.archs or f.spans_models then
     local in_added = {}
     for _, id in ipairs(sel.added) do in_added[id] = true end
     for _, id in ipairs(redis.call('SMEMBERS', ctx.irregular)) do
       local fields = redis.call('HMGET', hkey(id), 'status', 'gpu_keys')
+      local passes = (count_passing(fields[2])) >= f.min_gpus
       -- Only candidates matter: those of a wanted stored status, or added above.
       local candidate = any_status or part_of[fields[1]] ~= nil or in_added[id]
-      if candidate and not sel.removed[id] and (count_passing(fields[2])) < f.min_gpus then
+      if candidate and not sel.removed[id] and not passes then
         if in_added[id] then
           in_added[id] = nil
         elseif in_any(part_of[fields[1]] or sel.parts, id) then
           remove(id)
+        end
+      elseif f.spans_models and passes and not in_added[id] and not member(base, id)
+          and (f.location_key == '' or member(f.location_key, id)) then
+        local h = read_state(id)
+        if h and (any_status or wanted[effective(h)]) then
+          sel.added[#sel.added + 1] = id
+          in_added[id] = true
         end
       end
     end

@@ -1,7 +1,7 @@
 -- Capacity counters by effective status, without reading every provider: the counters kept by
 -- the writes, corrected for deadlines that passed and were not swept yet.
--- KEYS[1..6] the registry's fixed keys (lib.lua)
--- ARGV[1..4] the registry's fixed arguments (lib.lua)
+-- KEYS[1..8] the registry's fixed keys (lib.lua)
+-- ARGV[1..6] the registry's fixed arguments (lib.lua)
 -- Returns {now_ms, field, value, ...} with fields "<status>|<kind>|<name>".
 local counts = {}
 local flat = redis.call('HGETALL', ctx.counts)

@@ -1,14 +1,14 @@
 -- Register a provider (create, or replace in place) or update its details, with every index,
 -- counter and event, in one atomic step.
--- KEYS[1..6] the registry's fixed keys (lib.lua)
--- ARGV[1..4] the registry's fixed arguments (lib.lua)
--- ARGV[5] provider ID    ARGV[6] mode: "register" or "update"    ARGV[7] lease TTL in ms
--- ARGV[8] status to set on register    ARGV[9] If-Match versions ("" for any)
--- ARGV[10] SHA-256 of a new provider token: stored when the provider is created, or replaced
+-- KEYS[1..8] the registry's fixed keys (lib.lua)
+-- ARGV[1..6] the registry's fixed arguments (lib.lua)
+-- ARGV[7] provider ID    ARGV[8] mode: "register" or "update"    ARGV[9] lease TTL in ms
+-- ARGV[10] status to set on register    ARGV[11] If-Match versions ("" for any)
+-- ARGV[12] SHA-256 of a new provider token: stored when the provider is created, or replaced
 --          by a caller that presented no token (admin); "" keeps the stored one
--- ARGV[11] credential check: "" none (the caller's role allows it), "!" the provider must not
+-- ARGV[13] credential check: "" none (the caller's role allows it), "!" the provider must not
 --          exist yet, else the SHA-256 that the stored token_hash must equal
--- ARGV[12] n, the number of detail fields, then n field/value pairs (a value "" removes the
+-- ARGV[14] n, the number of detail fields, then n field/value pairs (a value "" removes the
 --          field), then index key/score pairs to the end
 -- Returns {code, now_ms, the provider hash as a flat list}: code 1 created, 0 replaced or
 -- updated, -1 no such provider (update), -2 the credential check failed (nothing changed,
@@ -66,7 +66,7 @@ for i, name in ipairs(names) do
 end
 local index_keys = {}
 for i = a + 9 + 2 * n, #ARGV, 2 do
-  redis.call('ZADD', ARGV[i], ARGV[i + 1], id)
+  if redis.call('ZADD', ARGV[i], ARGV[i + 1], id) == 1 then catalog_add(ARGV[i]) end
   index_keys[#index_keys + 1] = ARGV[i]
 end
 redis.call('HSET', hash, 'id', id, 'index_keys', table.concat(index_keys, ' '))
