@@ -15,6 +15,7 @@ from app.jobs.sweeper import Sweeper
 from app.registry import EXTENSION
 from app.store import canonical_name
 from app.store.lock import LeaseLock
+from app.store.migrations import migrate
 
 from .conftest import ADMIN_KEY, bearer_client, gpu, provider_body
 
@@ -296,6 +297,7 @@ def test_readme_documents_every_key_the_store_writes_and_no_other(client, provid
     providers.register(status="busy")
     lapse(redis_db, body["id"])
     Sweeper(registry.store, interval_s=1).sweep_once()
+    migrate(registry.store)
     providers.heartbeat(body["id"], status="maintenance")
     providers.register()  # the only idle provider: a scheduler claims it
     claimed = client.post("/providers/claim", json={"claimant": "scheduler-1", "claim_ttl_s": 60})
