@@ -8,7 +8,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .conftest import gpu
+from app.api import providers as provider_routes
+
+from .conftest import gpu, provider_body
 
 STATUSES = ("idle", "busy", "maintenance", "error", "offline")
 
@@ -234,13 +236,43 @@ def test_total_count_is_of_every_match_not_of_the_page(client, providers):
     assert len(response.get_json()) == 1
 
 
-def test_default_limit_is_100(client, providers):
-    for _ in range(101):
-        register(providers)
+def test_without_limit_every_match_comes_in_one_array_without_link(client, providers):
+    ids = sorted(register(providers) for _ in range(101))
     response = client.get("/providers")
-    assert len(response.get_json()) == 100
-    assert "Link" in response.headers
+    assert [p["id"] for p in response.get_json()] == ids
+    assert "Link" not in response.headers
     assert response.headers["X-Total-Count"] == "101"
+
+
+@pytest.mark.parametrize("sort", ["id", "-vram", "last_seen"])
+def test_a_listing_without_limit_reads_redis_in_chunks_and_never_repeats_or_skips(
+    client, providers, monkeypatch, sort
+):
+    monkeypatch.setattr(provider_routes, "STREAM_CHUNK", 3)
+    for i in range(10):
+        register(providers, gpu("A100", 40960 + i % 4))
+    paged = providers.ids(f"sort={sort}&limit=3")
+    response = client.get(f"/providers?sort={sort}")
+    assert [p["id"] for p in response.get_json()] == paged
+    filtered = client.get("/providers?min_vram=40962&status=idle")
+    assert len(filtered.get_json()) == 4 == int(filtered.headers["X-Total-Count"])
+    assert client.get("/providers?gpu_model=h100").get_json() == []
+
+
+def test_the_schedulers_plain_list_returns_the_whole_fleet_of_10000(client, registry, redis_db):
+    store, ids = registry.store, []
+    for start in range(0, 10_000, 500):
+        pipe = redis_db.pipeline(transaction=False)
+        for i in range(start, start + 500):
+            ids.append(f"00000000-0000-4000-8000-{i:012d}")
+            details = provider_body(name=f"rig-{i}", gpus=[gpu("NVIDIA A100", 81920, temperature_c=40)])
+            store.run_script(store._write, [], store.register_args(ids[-1], details, "idle"), client=pipe)
+        pipe.execute()
+    response = client.get("/providers")
+    assert response.status_code == 200 and response.headers["X-Total-Count"] == "10000"
+    listed = response.get_json()
+    assert [p["id"] for p in listed] == ids
+    assert all(type(p["gpus"][0]["temperature_c"]) is int for p in listed)
 
 
 @pytest.mark.parametrize("limit", ["1", "1000"])

@@ -192,7 +192,8 @@ class ListQuerySchema(_Strict):
     status = fields.List(fields.String(validate=validate.OneOf(STATUSES)), load_default=list)
     location = Name()
     sort = fields.String(load_default="id", validate=validate.OneOf(SORTS))
-    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000))
+    # Absent: every match, in one array (as the platform's original server answered).
+    limit = fields.Integer(validate=validate.Range(1, 1000))
     cursor = fields.String(validate=validate.Length(1, 64))
 
     @pre_load
