@@ -77,8 +77,9 @@ class ProviderDetailsSchema(_Strict):
     gpus = fields.List(
         fields.Nested(GpuSchema), required=True, validate=validate.Length(1, MAX_GPUS)
     )
+    # null is what Go sends for a nil map: no metadata.
     metadata = JSONObject(
-        max_bytes=MAX_METADATA_BYTES, max_depth=MAX_METADATA_DEPTH, load_default=dict
+        max_bytes=MAX_METADATA_BYTES, max_depth=MAX_METADATA_DEPTH, load_default=dict, allow_none=True
     )
     # Ignored: the server's fields, as `GET` returned them.
     registered_at = fields.Raw(load_only=True, allow_none=True)
