@@ -8,7 +8,7 @@ import redis
 from flask.testing import FlaskClient
 
 from app.bounds import MAX_QUERY_BYTES, MAX_QUERY_PARAMS
-from app.store.keys import canonical_name
+from app.store.keys import canonical_name, fold_name
 
 from .conftest import Providers, gpu, provider_body
 
@@ -40,10 +40,15 @@ def test_hostile_model_names_each_find_exactly_their_own_provider(
     for model in HOSTILE_MODELS:
         owner[model] = providers.register(name=model[:50], gpus=[gpu(model)])["id"]
     for model in HOSTILE_MODELS:
-        query = {"gpu_model": model}
+        query = {"gpu_model_exact": model}
         ids = providers.ids("&".join(f"{k}={v}" for k, v in _encoded(query).items()))
         same = {m for m in HOSTILE_MODELS if canonical_name(m) == canonical_name(model)}
         assert set(ids) == {owner[m] for m in same}, model
+        # As a substring, it finds every model whose folded name contains it.
+        query = {"gpu_model": model}
+        ids = providers.ids("&".join(f"{k}={v}" for k, v in _encoded(query).items()))
+        containing = {m for m in HOSTILE_MODELS if fold_name(model) in fold_name(m)}
+        assert set(ids) == {owner[m] for m in containing}, model
 
 
 def _encoded(params: dict[str, str]) -> dict[str, str]:
@@ -61,9 +66,12 @@ def test_hostile_names_stay_inside_their_own_index_keys(providers: Providers, re
         r"^registry:(?:gpu:[A-Za-z0-9%._~+-]+:\d+(?::\d+:[a-z]+)?|gpus:\d+(?::\d+:[a-z]+)?"
         r"|arch:[A-Za-z0-9%._~+-]+"
         r"|location:[A-Za-z0-9%._~+-]+|provider:[0-9a-f-]{36}|lease:[0-9a-f-]{36}"
-        r"|status:[a-z]+|providers|leases|claims|irregular|events|counts|ratelimit:.*)$"
+        r"|status:[a-z]+|providers|leases|claims|irregular|events|counts|catalog:(?:gpu|arch)"
+        r"|ratelimit:.*)$"
     )
     assert [key for key in keys if not structure.match(key)] == []
+    # The catalogs hold each canonical name once, its folded name as the value.
+    assert redis_db.hgetall("registry:catalog:gpu") == {canonical_name(m): fold_name(m) for m in HOSTILE_MODELS}
     # Each model got its own index: as many model indexes as distinct canonical names.
     model_indexes = {key.split(":")[2] for key in keys if key.startswith("registry:gpu:")}
     assert len(model_indexes) == len({canonical_name(m) for m in HOSTILE_MODELS})
