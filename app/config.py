@@ -39,7 +39,7 @@ class Settings:
     """The registry's configuration; field metadata documents each key."""
 
     port: int = field(
-        default=8080,
+        default=8002,
         metadata=_doc("HTTP port gunicorn binds; Go's \":8002\" and \"host:8002\" forms work too"),
     )
     bind_host: str = field(default="0.0.0.0", metadata=_doc("address gunicorn binds"))

@@ -42,7 +42,7 @@ OVERRIDES = {
 
 def test_defaults_are_documented_values():
     s = Settings()
-    assert (s.port, s.workers, s.log_level) == (8080, 2, "info")
+    assert (s.port, s.workers, s.log_level) == (8002, 2, "info")
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.key_prefix == "registry:"
     assert (s.heartbeat_ttl_s, s.heartbeat_interval_s) == (30.0, 10.0)
