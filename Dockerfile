@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     REGISTRY_CONFIG=/app/configs/config.yaml \
     REGISTRY_BIND_HOST=0.0.0.0 \
-    REGISTRY_PORT=8080 \
+    REGISTRY_PORT=8002 \
     XDG_RUNTIME_DIR=/tmp
 RUN groupadd --system --gid 10001 registry \
     && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home registry
@@ -25,7 +25,7 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
 COPY configs ./configs
 # Numeric, so that runtimes can verify it is not root without reading /etc/passwd.
 USER 10001:10001
-EXPOSE 8080
+EXPOSE 8002
 # provider-registry healthcheck: exit 0 while /health answers 200 (Redis reachable).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
     CMD ["provider-registry", "healthcheck"]

@@ -10,20 +10,28 @@ Two kinds of credential travel as `Authorization: Bearer <secret>`:
 
 Views declare what they need with one decorator line: `@requires("schedule")`,
 `@requires("read", provider=True)`, `@requires(provider=True)` (the provider itself or admin).
+
+Authentication comes before parsing: when a view cannot read its request (400, 413, 415) and
+the caller is a provider token the store has not checked yet, the token is checked first, so
+that a credential matching no key and no token gets 401 whatever the body holds.
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+import orjson
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, MalformedJSON, Unauthorized, UnsupportedMediaType, ValidationFailed
 from .keyring import ROLES, KeyRing, hash_secret, new_token
-from .store.providers import MUST_BE_NEW
+from .registry import current_registry
+from .store.providers import MUST_BE_NEW, token_mismatch
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -35,6 +43,10 @@ MAX_CREDENTIAL_CHARS = 512
 KEYRING_EXTENSION = "provider_registry_keyring"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# What a view raises when it cannot read its request. Their details describe the schema, so an
+# unchecked provider token must prove itself before it sees them.
+UNREADABLE_REQUEST = (ValidationFailed, MalformedJSON, UnsupportedMediaType, RequestEntityTooLarge)
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,12 @@ def requires(*roles: str, provider: bool = False) -> Callable[[F], F]:
                 what = f"{needed} role" if roles else "admin role or the provider's own token"
                 raise Forbidden(f"the key {principal.name!r} lacks the {what}")
             g.principal = principal
-            return view(*args, **kwargs)
+            try:
+                return view(*args, **kwargs)
+            except UNREADABLE_REQUEST:
+                if principal.kind == "provider":
+                    check_provider_token(principal, kwargs.get("provider_id"))
+                raise
 
         # Read by the OpenAPI builder to document each route's security.
         wrapper.required_roles = roles  # type: ignore[attr-defined]
@@ -156,6 +173,35 @@ def requires(*roles: str, provider: bool = False) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def check_provider_token(principal: Principal, path_id: uuid.UUID | None) -> None:
+    """Check a provider token against the path's provider, else against the body's `id`.
+
+    Only the error path calls this: on success the store checks the token inside its script,
+    so a valid request stays one round trip.
+
+    Raises:
+        Unauthorized: the token is not the named provider's, or the request names none.
+    """
+    provider_id = str(path_id) if path_id is not None else _body_provider_id()
+    if provider_id is None:
+        # Only re-registering a provider by its `id` admits a token; without one, none is valid.
+        raise Unauthorized("the credential is not valid", invalid=True)
+    if not current_registry().store.token_matches(provider_id, principal.token_hash):
+        raise token_mismatch(provider_id)
+
+
+def _body_provider_id() -> str | None:
+    try:
+        data = orjson.loads(request.get_data(cache=True))
+    except (orjson.JSONDecodeError, RequestEntityTooLarge):
+        return None
+    given = data.get("id") if isinstance(data, dict) else None
+    try:
+        return str(uuid.UUID(given)) if isinstance(given, str) else None
+    except ValueError:
+        return None
 
 
 def current_principal() -> Principal:

@@ -6,12 +6,13 @@ environment variable names and the type checks from that declaration.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -19,6 +20,10 @@ import yaml
 ENV_PREFIX = "REGISTRY_"
 DEFAULT_CONFIG_PATH = "configs/config.yaml"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Go loggers' spellings (logrus, zap), so that the original server's config loads as it is.
+LOG_LEVEL_ALIASES = {
+    "trace": "debug", "warn": "warning", "dpanic": "critical", "panic": "critical", "fatal": "critical",
+}
 
 
 class ConfigError(Exception):
@@ -33,14 +38,20 @@ def _doc(text: str) -> dict[str, str]:
 class Settings:
     """The registry's configuration; field metadata documents each key."""
 
-    port: int = field(default=8080, metadata=_doc("HTTP port gunicorn binds"))
+    port: int = field(
+        default=8002,
+        metadata=_doc("HTTP port gunicorn binds; Go's \":8002\" and \"host:8002\" forms work too"),
+    )
     bind_host: str = field(default="0.0.0.0", metadata=_doc("address gunicorn binds"))
     workers: int = field(default=2, metadata=_doc("gunicorn worker processes"))
     worker_class: str = field(
         default="gevent", metadata=_doc("gunicorn worker class: gevent (long polls wait cheaply), gthread or sync")
     )
     threads: int = field(default=8, metadata=_doc("threads per worker with worker_class gthread"))
-    log_level: str = field(default="info", metadata=_doc("debug, info, warning, error or critical"))
+    log_level: str = field(
+        default="info",
+        metadata=_doc("debug, info, warning, error or critical; any case, and Go's warn, trace, fatal"),
+    )
     redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc("the live store"))
     redis_timeout_s: float = field(
         default=1.0, metadata=_doc("socket timeout for Redis calls; keeps /health fast")
@@ -113,6 +124,11 @@ class Settings:
     restore_on_empty: bool = field(
         default=False, metadata=_doc("restore the latest snapshot when Redis holds none of the registry keys (at start and each snapshot interval)")
     )
+
+    def bind_address(self) -> str:
+        """Return the address gunicorn binds, `host:port` (an IPv6 host in brackets)."""
+        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
+        return f"{host}:{self.port}"
 
     def public_dict(self) -> dict[str, Any]:
         """Return the settings with passwords in URLs masked, for logs."""
@@ -193,7 +209,49 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return ""
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ConfigError(f"{where} must be a string, got {value!r}")
+    if name == "log_level":
+        # "INFO", "Info" and Go's "warn" name the same levels as ours.
+        level = str(value).strip().lower()
+        return LOG_LEVEL_ALIASES.get(level, level)
     return str(value)
+
+
+_DIGITS = re.compile(r"^[0-9]{1,5}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def parse_port(value: Any, source: str) -> tuple[str, int]:
+    """Return the host ("" for none) and port of a `port` setting.
+
+    Takes a port number (8002, "8002") or a Go listen address as the original server's config
+    wrote it: ":8002" (every interface) or "host:8002" ("127.0.0.1:8002", "[::1]:8002").
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if not isinstance(value, str) or value.strip().isdigit():
+        return "", _coerce("port", value, source)
+    text = value.strip()
+    host, colon, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        valid_host = _is_ipv6(host)
+    else:
+        # Go's SplitHostPort refuses "::1:8002" too: an IPv6 host needs its brackets.
+        valid_host = host == "" or bool(_HOST_NAME.match(host))
+    if not colon or not _DIGITS.match(port_text) or not valid_host:
+        raise ConfigError(
+            f"port (from {source}) must be a port number or a listen address such as "
+            f"':8002' or '127.0.0.1:8002', got {value!r}"
+        )
+    return host, int(port_text)
+
+
+def _is_ipv6(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def _exact_int(value: Any) -> int:
@@ -211,7 +269,7 @@ def _check(settings: Settings) -> None:
         raise bad(f"port must be between 0 and 65535, got {settings.port}")
     if settings.workers < 1:
         raise bad(f"workers must be at least 1, got {settings.workers}")
-    if settings.log_level.lower() not in LOG_LEVELS:
+    if settings.log_level not in LOG_LEVELS:
         raise bad(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
     if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise bad(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
@@ -334,6 +392,31 @@ def default_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _layer(items: Iterable[tuple[str, Any, str]]) -> dict[str, Any]:
+    """Coerce one layer's (key, value, source) triples; a `port` naming a host sets bind_host.
+
+    Raises:
+        ConfigError: a bad value, or a `host:port` port and a bind_host in the same layer
+            that disagree (no order between them would be the obvious winner).
+    """
+    layer: dict[str, Any] = {}
+    port_host = port_source = ""
+    for key, value, source in items:
+        if key == "port":
+            port_host, layer["port"] = parse_port(value, source)
+            port_source = source
+        else:
+            layer[key] = _coerce(key, value, source)
+    if port_host:
+        if layer.get("bind_host", port_host) != port_host:
+            raise ConfigError(
+                f"port (from {port_source}) names host {port_host!r} "
+                f"but bind_host is {layer['bind_host']!r}"
+            )
+        layer["bind_host"] = port_host
+    return layer
+
+
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     """Return the path of the YAML file: `REGISTRY_CONFIG` or `configs/config.yaml`."""
     env = os.environ if env is None else env
@@ -370,20 +453,21 @@ def load_settings(
         raise ConfigError(f"config {path} is not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"config {path} must be a mapping of keys to values")
-    for key, value in loaded.items():
+    for key in loaded:
         if key not in _FIELDS:
             raise ConfigError(f"unknown key {key!r} in {path}")
-        values[key] = _coerce(key, value, str(path))
+    values |= _layer((key, value, str(path)) for key, value in loaded.items())
 
-    for name in _FIELDS:
-        env_name = ENV_PREFIX + name.upper()
-        if env_name in env:
-            values[name] = _coerce(name, env[env_name], env_name)
+    values |= _layer(
+        (name, env[ENV_PREFIX + name.upper()], ENV_PREFIX + name.upper())
+        for name in _FIELDS
+        if ENV_PREFIX + name.upper() in env
+    )
 
-    for key, value in (overrides or {}).items():
+    for key in overrides or {}:
         if key not in _FIELDS:
             raise ConfigError(f"unknown setting {key!r}")
-        values[key] = _coerce(key, value, "overrides")
+    values |= _layer((key, value, "overrides") for key, value in (overrides or {}).items())
 
     settings = Settings(**values)
     _check(settings)

@@ -19,7 +19,7 @@ from app.version import package_version
 
 _settings = settings_or_exit()
 
-bind = [f"{_settings.bind_host}:{_settings.port}"]
+bind = [_settings.bind_address()]
 workers = _settings.workers
 # gevent: a long poll of the event feed waits without holding a thread, so heartbeats never
 # queue behind waiting schedulers. gthread serves a long poll per thread.

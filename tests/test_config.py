@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
 from app.config import ConfigError, Settings, config_path, default_yaml, load_settings
 
+from .conftest import wait_until
 from .redis_server import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +42,7 @@ OVERRIDES = {
 
 def test_defaults_are_documented_values():
     s = Settings()
-    assert (s.port, s.workers, s.log_level) == (8080, 2, "info")
+    assert (s.port, s.workers, s.log_level) == (8002, 2, "info")
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert s.key_prefix == "registry:"
     assert (s.heartbeat_ttl_s, s.heartbeat_interval_s) == (30.0, 10.0)
@@ -117,6 +119,17 @@ BAD_ENVIRONMENTS = [
     ("port_not_a_number", {"REGISTRY_PORT": "http"}, "port"),
     ("port_out_of_range", {"REGISTRY_PORT": "70000"}, "port"),
     ("port_fraction", {"REGISTRY_PORT": "80.5"}, "port"),
+    ("port_address_without_a_port", {"REGISTRY_PORT": "127.0.0.1:"}, "listen address"),
+    ("port_address_not_a_number", {"REGISTRY_PORT": ":http"}, "listen address"),
+    ("port_address_bare_colon", {"REGISTRY_PORT": ":"}, "listen address"),
+    ("port_address_ipv6_unbracketed", {"REGISTRY_PORT": "::1:8002"}, "listen address"),
+    ("port_address_bad_host", {"REGISTRY_PORT": "my host:8002"}, "listen address"),
+    ("port_address_out_of_range", {"REGISTRY_PORT": ":70000"}, "port must be between"),
+    (
+        "port_host_disagrees_with_bind_host",
+        {"REGISTRY_PORT": "127.0.0.1:8002", "REGISTRY_BIND_HOST": "10.0.0.1"},
+        "bind_host",
+    ),
     ("workers_zero", {"REGISTRY_WORKERS": "0"}, "workers"),
     ("log_level_unknown", {"REGISTRY_LOG_LEVEL": "loud"}, "log_level"),
     ("redis_url_http", {"REGISTRY_REDIS_URL": "http://127.0.0.1:6379"}, "redis_url"),
@@ -221,3 +234,131 @@ def test_cli_writes_the_default_file_in_the_working_directory(tmp_path):
     # A bad variable stops startup after the file is written, so nothing is served.
     run_cli(tmp_path, {"REGISTRY_PORT": "http"}, "serve")
     assert (tmp_path / "configs" / "config.yaml").read_text() == default_yaml()
+
+
+# -- the original Go server's configuration file -----------------------------------------------
+
+# configs/config.yaml of the Go server this registry replaces, as it was written there.
+GO_CONFIG = """\
+port: "{port}"
+log_level: "info"
+consul_address: "localhost:8500"
+database_url: "postgres://user:pass@localhost:5432/gpu_registry?sslmode=disable"
+service_name: "provider-registry"
+service_id_prefix: "provider-registry-"
+"""
+
+
+def test_the_original_go_config_file_loads_as_it_is(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(GO_CONFIG.format(port=":8002"))
+    settings = load_settings(path=path, env={})
+    assert (settings.port, settings.bind_host) == (8002, "0.0.0.0")
+    assert settings.log_level == "info"
+    assert settings.consul_address == "localhost:8500"
+    assert settings.database_url == "postgres://user:pass@localhost:5432/gpu_registry?sslmode=disable"
+    assert (settings.service_name, settings.service_id_prefix) == ("provider-registry", "provider-registry-")
+    assert path.read_text() == GO_CONFIG.format(port=":8002")  # read, never rewritten
+
+
+def test_the_original_config_binds_every_interface_on_8002(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(GO_CONFIG.format(port=":8002"))
+    assert load_settings(path=path, env={}).bind_address() == "0.0.0.0:8002"
+    # gunicorn's own configuration module reads the same file the same way; nothing binds here.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    result = subprocess.run(
+        [sys.executable, "-c", "from app import gunicorn_conf; print(gunicorn_conf.bind)"],
+        env={**clean, "REGISTRY_CONFIG": str(path)}, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['0.0.0.0:8002']"
+
+
+@pytest.mark.parametrize(
+    "port, bind_address",
+    [
+        (":8002", "0.0.0.0:8002"),
+        ("127.0.0.1:8002", "127.0.0.1:8002"),
+        ("localhost:9000", "localhost:9000"),
+        ("[::1]:8002", "[::1]:8002"),
+        ("8002", "0.0.0.0:8002"),
+        (8002, "0.0.0.0:8002"),
+    ],
+)
+def test_port_takes_a_number_or_a_go_listen_address_in_the_file(tmp_path, port, bind_address):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"port": port}))
+    assert load_settings(path=path, env={}).bind_address() == bind_address
+
+
+@pytest.mark.parametrize(
+    "port, bind_address", [(":9000", "0.0.0.0:9000"), ("127.0.0.1:9000", "127.0.0.1:9000")]
+)
+def test_registry_port_takes_a_go_listen_address_too(tmp_path, port, bind_address):
+    settings = load_settings(path=tmp_path / "config.yaml", env={"REGISTRY_PORT": port})
+    assert settings.bind_address() == bind_address
+
+
+def test_a_port_without_a_host_keeps_the_bind_host(tmp_path):
+    env = {"REGISTRY_PORT": ":9000", "REGISTRY_BIND_HOST": "127.0.0.1"}
+    assert load_settings(path=tmp_path / "config.yaml", env=env).bind_address() == "127.0.0.1:9000"
+
+
+def test_a_later_bind_host_overrides_the_host_of_the_files_port(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('port: "10.0.0.1:8002"\n')
+    settings = load_settings(path=path, env={"REGISTRY_BIND_HOST": "127.0.0.1"})
+    assert settings.bind_address() == "127.0.0.1:8002"
+
+
+@pytest.mark.parametrize(
+    "given, level",
+    [("INFO", "info"), ("Debug", "debug"), ("WARNING", "warning"), ("warn", "warning"),
+     ("trace", "debug"), ("fatal", "critical"), ("panic", "critical"), ("ERROR", "error")],
+)
+def test_log_level_is_read_in_any_case_and_in_go_spellings(tmp_path, given, level):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"log_level: {given}\n")
+    assert load_settings(path=path, env={}).log_level == level
+    assert load_settings(path=path, env={"REGISTRY_LOG_LEVEL": given}).log_level == level
+
+
+def test_serve_starts_from_the_original_config_on_its_go_style_port(tmp_path, redis_server):
+    port = free_port()
+    path = tmp_path / "config.yaml"
+    path.write_text(GO_CONFIG.format(port=f":{port}"))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+    env = {
+        **clean,
+        "REGISTRY_CONFIG": str(path),
+        # The file as it is; the variables only keep the test to itself: its own Redis,
+        # loopback, no Consul agent or PostgreSQL of this machine.
+        "REGISTRY_REDIS_URL": redis_server.url,
+        "REGISTRY_BIND_HOST": "127.0.0.1",
+        "REGISTRY_CONSUL_ENABLED": "false",
+        "REGISTRY_SNAPSHOT_INTERVAL_S": "0",
+        "REGISTRY_WORKERS": "1",
+        "XDG_RUNTIME_DIR": str(tmp_path),
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([CLI, "serve"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def healthy() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        assert wait_until(healthy, timeout=30, interval=0.1), log.read_text()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    assert path.read_text() == GO_CONFIG.format(port=f":{port}")

@@ -307,6 +307,15 @@ class ProviderStore:
         return Provider.from_hash(fields), _ms(now)
 
     @wrap_errors
+    def token_matches(self, provider_id: str, token_hash: str) -> bool:
+        """Tell whether `token_hash` is the provider's stored token hash; False for no provider.
+
+        One HGET, for the paths that must check a token before the write script would.
+        """
+        stored = self.redis.hget(self.keys.provider(provider_id), "token_hash") or ""
+        return bool(stored) and hmac.compare_digest(stored, token_hash)
+
+    @wrap_errors
     def delete(self, provider_id: str, if_match: str = "", expected_token_hash: str = "") -> None:
         """Deregister a provider and remove it from every index; ends any claim.
 
