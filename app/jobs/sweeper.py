@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from ..errors import StoreUnavailable
 from ..models import Transition
@@ -15,13 +16,26 @@ from ..store import ProviderStore
 log = logging.getLogger(__name__)
 
 
-class Sweeper:
-    """Sweep every `interval_s` seconds until stopped."""
+def always() -> bool:
+    """Lead alone: for a sweeper that takes part in no election (tests, one-off runs)."""
+    return True
 
-    def __init__(self, store: ProviderStore, interval_s: float, batch: int = 1000) -> None:
+
+class Sweeper:
+    """Sweep every `interval_s` seconds, while `leading()` says so, until stopped."""
+
+    def __init__(
+        self,
+        store: ProviderStore,
+        interval_s: float,
+        batch: int = 1000,
+        leading: Callable[[], bool] = always,
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
         self.batch = batch
+        self.leading = leading
+        self.sweeps = 0  # how many sweeps this process ran: tests and operators see who swept
         self._stop = threading.Event()
         self._outage = False
 
@@ -47,8 +61,12 @@ class Sweeper:
     def run(self) -> None:
         """Loop until `stop()`; a Redis outage is logged once and retried."""
         while not self._stop.is_set():
+            if not self.leading():
+                self._stop.wait(self.interval_s)
+                continue
             try:
                 self.sweep_once()
+                self.sweeps += 1
                 if self._outage:
                     log.info("sweeper: store reachable again")
                 self._outage = False

@@ -46,6 +46,12 @@ class Keys:
         self.generation = f"{prefix}generation"
         # Held (with a lease) by whichever instance is taking a snapshot or restoring.
         self.snapshot_lock = f"{prefix}lock:snapshot"
+        # Held (with a lease of a few seconds, renewed) by the one process of the deployment
+        # that runs the once-per-registry jobs: the sweeper, the snapshots, the data watch.
+        self.leader = f"{prefix}lock:leader"
+        # Set (with a TTL) while the leader restores a snapshot after Redis lost its data, so
+        # that every instance's /health can say so.
+        self.restoring = f"{prefix}restoring"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key of this registry (the prefix's glob characters escaped)."""
