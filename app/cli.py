@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a local redis-server when none answers at redis_url",
     )
     serve.set_defaults(func=_serve)
-    jobs = commands.add_parser("jobs", help="run the background jobs (the gunicorn master starts this)")
+    jobs = commands.add_parser(
+        "jobs", help="keep the instance registered in Consul (the gunicorn master starts this)"
+    )
     jobs.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     jobs.add_argument("--port", type=int, help="the port gunicorn bound (default: the setting)")
     jobs.add_argument(

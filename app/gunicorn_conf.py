@@ -1,8 +1,9 @@
 """gunicorn settings, read from the registry's own configuration.
 
-Background jobs (the lease sweeper, Consul registration) run in one child process that the
-master starts when it is ready: once per instance, however many workers serve. On SIGTERM the
-instance leaves Consul first, then the workers finish their requests and close Redis.
+The workers run the background jobs themselves, however the app is served (app/jobs/background.py):
+these settings add only that Consul registration runs in one child process of the master, which
+holds the instance lock so that no worker registers, and that on SIGTERM the instance leaves
+Consul first; then the workers finish their requests and close Redis.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 from gunicorn.glogging import Logger
 
 from app.cli import settings_or_exit
+from app.jobs.instance import InstanceLock, instance_lock_path
 from app.version import package_version
 
 _settings = settings_or_exit()
@@ -64,6 +66,7 @@ logconfig_dict = {
 }
 
 _jobs: subprocess.Popen[bytes] | None = None
+_instance_lock: InstanceLock | None = None
 _left_consul = -1  # Read end of the pipe on which the jobs process says it has left Consul.
 # How long the master waits, on a stop signal, for the jobs process to leave Consul (the agent
 # call itself times out after 3 s).
@@ -81,13 +84,21 @@ def bound_port(server) -> int:  # type: ignore[no-untyped-def]
 
 
 def when_ready(server) -> None:  # type: ignore[no-untyped-def]
-    """Log the configuration, start the jobs process once, and leave Consul first on stop."""
+    """Log the configuration, start the Consul process once, and leave Consul first on stop."""
     global _jobs, _left_consul
     port = bound_port(server)
     startup_log.info(
         "provider-registry starting",
         extra={"version": package_version(), "bound_port": port, "config": _settings.public_dict()},
     )
+    if not _settings.consul_enabled:
+        return
+    # Before the workers exist: they find the instance taken and leave Consul to the child.
+    global _instance_lock
+    _instance_lock = InstanceLock(instance_lock_path(_settings, port))
+    if not _instance_lock.try_acquire():
+        server.log.warning("another process registers this instance in consul (instance lock held)")
+        return
     _left_consul, write_end = os.pipe()
     _jobs = subprocess.Popen(
         [
@@ -97,12 +108,12 @@ def when_ready(server) -> None:  # type: ignore[no-untyped-def]
         pass_fds=(write_end,),
     )
     os.close(write_end)
-    server.log.info("background jobs process started (pid %s)", _jobs.pid)
+    server.log.info("consul process started (pid %s)", _jobs.pid)
     # gunicorn has no hook between a stop signal and the workers being told to stop:
     # handle_term (SIGTERM) and handle_int/handle_quit (SIGINT/SIGQUIT) run in the master's
     # loop and then close the listeners and signal the workers. Wrapping them is the earliest
     # point gunicorn lets us act, so Consul stops routing here while the workers still finish
-    # their requests. The jobs process deregisters as the first step of stopping and never
+    # their requests. The Consul process deregisters as the first step of stopping and never
     # registers again, then writes to the pipe (which also reads as ready if it dies).
     for name in ("handle_term", "handle_int", "handle_quit"):
         setattr(server, name, _leaving_consul_first(server, getattr(server, name)))
@@ -117,7 +128,7 @@ def _leaving_consul_first(server, handler):  # type: ignore[no-untyped-def]
 
 
 def stop_jobs(server) -> None:  # type: ignore[no-untyped-def]
-    """Tell the jobs process to stop and wait, within a bound, until it has left Consul."""
+    """Tell the Consul process to stop and wait, within a bound, until it has left Consul."""
     if _jobs is None or _jobs.poll() is not None:
         return
     _jobs.terminate()
@@ -125,14 +136,18 @@ def stop_jobs(server) -> None:  # type: ignore[no-untyped-def]
     if ready:
         server.log.info("instance left consul; stopping workers")
     else:
-        server.log.warning("jobs process has not left consul in time; stopping workers anyway")
+        server.log.warning("consul process has not left consul in time; stopping workers anyway")
 
 
 def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
-    """Close the worker's Redis connections once it has finished its requests."""
-    from app.registry import EXTENSION  # Not at the top: the master must not import redis.
+    """Stop the worker's jobs (giving up the leadership at once), then close its Redis connections."""
+    from app.jobs.background import JOBS_EXTENSION  # Not at the top: the master must not import redis.
+    from app.registry import EXTENSION
 
     app = getattr(worker, "wsgi", None)
+    jobs = getattr(app, "extensions", {}).get(JOBS_EXTENSION)
+    if jobs is not None:
+        jobs.stop()
     registry = getattr(app, "extensions", {}).get(EXTENSION)
     if registry is not None:
         registry.close()
@@ -140,7 +155,7 @@ def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
 
 
 def on_exit(server) -> None:  # type: ignore[no-untyped-def]
-    """Stop the background jobs process with the master, if a stop signal has not already."""
+    """Stop the Consul process with the master, if a stop signal has not already."""
     if _jobs is not None and _jobs.poll() is None:
         _jobs.terminate()
         try:

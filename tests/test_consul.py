@@ -377,17 +377,12 @@ def test_scheduler_finds_the_instance_through_the_passing_health_api(
     assert (entry["Service"]["Address"], entry["Service"]["Port"]) == ("127.0.0.1", registry_app_server)
 
 
-# The jobs process ----------------------------------------------------------------------------
+# The Consul process ----------------------------------------------------------------------------
 
 
-def test_jobs_process_runs_the_consul_loop_unless_disabled(consul_settings):
+def test_consul_process_runs_only_the_consul_loop_unless_disabled(consul_settings):
     enabled = JobRunner(consul_settings, bound_port=8123)
     disabled = JobRunner(dataclasses.replace(consul_settings, consul_enabled=False))
-    try:
-        registrations = [j for j in enabled.jobs if isinstance(j, ConsulRegistration)]
-        assert len(registrations) == 1 and registrations[0].definition.port == 8123
-        assert enabled.jobs[0] is registrations[0]  # Stopped first: leaves Consul first.
-        assert not any(isinstance(j, ConsulRegistration) for j in disabled.jobs)
-    finally:
-        enabled.registry.close()
-        disabled.registry.close()
+    [registration] = enabled.jobs  # Consul only: the elected jobs run in the serving processes.
+    assert isinstance(registration, ConsulRegistration) and registration.definition.port == 8123
+    assert disabled.jobs == []

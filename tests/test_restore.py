@@ -325,3 +325,62 @@ def _details(**fields: Any) -> dict[str, Any]:
     from .conftest import provider_body
 
     return provider_body(**fields)
+
+
+def merged_restore_of_a_stale_copy(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str, redis_ahead: bool
+) -> str:
+    """Snapshot a provider, then leave Redis a copy that is newer or older than the snapshot's."""
+    provider_id = providers.register(name="snapshotted", gpus=[gpu("NVIDIA A100", 81920)], location="eu-west")["id"]
+    providers.heartbeat(provider_id, status="busy")
+    take_snapshot(registry.store, database_url)
+    redis_db.delete("registry:generation")  # Redis lost its data ...
+    # ... and holds the provider again: re-registered after the snapshot (newer), or from an
+    # old copy such as a stale RDB file (older), with other details.
+    providers.register(id=provider_id, name="in-redis", gpus=[gpu("RTX 4090", 24576)], location="us-east")
+    seen = int(redis_db.hget(f"registry:provider:{provider_id}", "last_seen_at"))
+    snapshotted = int(sql(database_url, "SELECT extract(epoch FROM last_seen_at) * 1000 FROM providers")[0][0])
+    redis_db.hset(f"registry:provider:{provider_id}", "last_seen_at",
+                  str(max(seen, snapshotted + 1) if redis_ahead else snapshotted - 60_000))
+    restore(registry.store, database_url, merge=True)
+    return provider_id
+
+
+def test_merged_restore_keeps_the_copy_in_redis_when_it_was_seen_later(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    provider_id = merged_restore_of_a_stale_copy(registry, providers, redis_db, database_url, redis_ahead=True)
+
+    kept = providers.get(provider_id)
+    assert (kept["name"], kept["status"], kept["location"]) == ("in-redis", "idle", "us-east")
+    assert redis_db.zrange("registry:gpus:1:24576:idle", 0, -1) == [provider_id]
+    assert not redis_db.exists("registry:gpus:1:81920:offline")
+    assert redis_db.get("registry:generation") is not None  # snapshots resume
+
+
+def test_merged_restore_replaces_the_copy_in_redis_when_the_snapshot_saw_it_later(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    provider_id = merged_restore_of_a_stale_copy(registry, providers, redis_db, database_url, redis_ahead=False)
+
+    restored = providers.get(provider_id)
+    assert (restored["name"], restored["status"], restored["location"]) == ("snapshotted", "offline", "eu-west")
+    # Out of every index and counter of the stale copy, in those of the snapshot's.
+    assert redis_db.zrange("registry:gpus:1:81920:offline", 0, -1) == [provider_id]
+    assert not redis_db.exists("registry:gpus:1:24576:idle", "registry:location:us-east")
+    assert redis_db.zrange("registry:status:idle", 0, -1) == []
+    assert redis_db.zrange("registry:leases", 0, -1) == []
+    counts = redis_db.hgetall("registry:counts")
+    assert all(not field.startswith("idle|") for field in counts)
+    assert counts["offline|n|"] == "1" and counts["offline|mg|nvidia a100"] == "1"
+    assert providers.ids("gpu_model=NVIDIA A100") == [provider_id]
+    assert providers.ids("gpu_model=RTX 4090") == []
+
+
+def test_restore_without_merge_still_refuses_a_redis_that_holds_providers(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    providers.register()
+    take_snapshot(registry.store, database_url)
+    with pytest.raises(RestoreRefused):
+        restore(registry.store, database_url)

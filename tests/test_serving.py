@@ -1,4 +1,4 @@
-"""Serving under gunicorn: the API, one background-jobs process per instance, the WSGI entry."""
+"""Serving under gunicorn: the API, jobs elected among the workers, the WSGI entry."""
 from __future__ import annotations
 
 import json
@@ -65,8 +65,8 @@ class Instance:
             REGISTRY_AUTH_ENABLED="false",
             REGISTRY_RATE_LIMIT_ENABLED="false",
             XDG_RUNTIME_DIR=str(tmp_path),  # gunicorn's control socket: one per instance
-            **{f"REGISTRY_{k.upper()}": v for k, v in settings.items()},
         )
+        env.update({f"REGISTRY_{k.upper()}": v for k, v in settings.items()})
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
                 [CLI, "serve", *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT
@@ -75,7 +75,6 @@ class Instance:
         try:
             if not wait_until(self.healthy, timeout=30, interval=0.1):
                 pytest.fail(f"gunicorn did not serve:\n{self.log.read_text()}")
-            wait_until(lambda: len(jobs_processes(self.process.pid)) > 0, timeout=10)
             self.started = set(children(self.process.pid))
         except BaseException:
             self.started = set(children(self.process.pid))
@@ -124,7 +123,7 @@ def instance(tmp_path, redis_server, redis_db) -> Iterator[Instance]:
         served.stop()
 
 
-def test_gunicorn_serves_the_api_with_one_jobs_process_that_sweeps(instance, redis_db):
+def test_gunicorn_serves_the_api_and_one_elected_worker_sweeps(instance, redis_db):
     # The API, end to end over HTTP.
     created = requests.post(f"{instance.url}/providers", json=provider_body(status="busy"), timeout=5)
     assert created.status_code == 201
@@ -138,12 +137,13 @@ def test_gunicorn_serves_the_api_with_one_jobs_process_that_sweeps(instance, red
     missing = requests.get(f"{instance.url}/nope", timeout=5)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
-    # Two workers, one jobs process: once per instance, not once per worker.
+    # Two workers and no jobs process without Consul: the workers elect the one that sweeps.
     kids = children(instance.process.pid)
-    assert len(jobs_processes(instance.process.pid)) == 1
-    assert len([c for c in kids if c not in jobs_processes(instance.process.pid)]) == 2
+    assert len(jobs_processes(instance.process.pid)) == 0 and len(kids) == 2
+    leader = redis_db.get("registry:lock:leader")
+    assert leader is not None and int(leader.split(":")[1]) in kids
 
-    # That process sweeps the lapsed lease and logs the transition as a JSON line.
+    # The leader sweeps the lapsed lease and logs the transition as a JSON line.
     assert wait_until(
         lambda: redis_db.zscore("registry:status:offline", provider_id) is not None, timeout=10
     )
@@ -180,14 +180,38 @@ def test_chunked_body_over_64_kib_is_413_under_gunicorn(instance):
     assert response.status_code == 201
 
 
-def test_stopping_gunicorn_stops_its_jobs_process(instance):
+@pytest.fixture
+def consul_instance(tmp_path, redis_server, redis_db, agent) -> Iterator[Instance]:
+    """An instance registering with the agent double: its master starts the Consul process."""
+    served = Instance(tmp_path, redis_server.url, consul_enabled="true", consul_address=agent.address,
+                      advertise_address="127.0.0.1")
+    try:
+        assert wait_until(lambda: len(jobs_processes(served.process.pid)) == 1, timeout=10)
+        served.started = set(children(served.process.pid))
+        yield served
+    finally:
+        served.stop()
+
+
+def test_with_consul_one_process_registers_the_instance_not_the_workers(consul_instance, agent):
+    assert wait_until(lambda: len(agent.services) == 1, timeout=15)
+    [jobs] = jobs_processes(consul_instance.process.pid)
+    registering = [line for line in consul_instance.log_lines() if line.get("message") == "registered in consul"]
+    # The workers found the instance lock held by the master and left Consul to its child.
+    assert not any("registers the instance in consul" in str(line.get("message")) for line in consul_instance.log_lines())
+    assert len(registering) == 1 and jobs in children(consul_instance.process.pid)
+
+
+def test_stopping_gunicorn_stops_its_jobs_process(consul_instance):
+    instance = consul_instance
     [jobs] = jobs_processes(instance.process.pid)
     instance.process.send_signal(signal.SIGTERM)
     instance.process.wait(timeout=30)
     assert wait_until(lambda: not Path(f"/proc/{jobs}").exists(), timeout=15)
 
 
-def test_jobs_process_exits_when_the_master_dies(instance):
+def test_jobs_process_exits_when_the_master_dies(consul_instance):
+    instance = consul_instance
     [jobs] = jobs_processes(instance.process.pid)
     instance.process.kill()
     instance.process.wait(timeout=10)

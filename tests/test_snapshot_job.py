@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from app.config import Settings
-from app.jobs.runner import JobRunner
+from app.jobs.background import BackgroundJobs
+from app.jobs.datawatch import DataWatch
 from app.jobs.snapshot import SnapshotJob
 from app.registry import Registry
 from app.snapshot import take_snapshot
@@ -21,6 +22,13 @@ from .redis_server import free_port
 
 def job_for(registry: Registry, database_url: str, **settings) -> SnapshotJob:
     return SnapshotJob(
+        registry.store,
+        dataclasses.replace(registry.settings, database_url=database_url, **settings),
+    )
+
+
+def watch_for(registry: Registry, database_url: str, **settings) -> DataWatch:
+    return DataWatch(
         registry.store,
         dataclasses.replace(registry.settings, database_url=database_url, **settings),
     )
@@ -100,7 +108,7 @@ def test_restore_on_empty_restores_the_latest_snapshot_when_the_registry_keys_ar
     take_snapshot(registry.store, database_url)
     redis_db.flushall()
 
-    job_for(registry, database_url, restore_on_empty=True).run_once()
+    watch_for(registry, database_url, restore_on_empty=True).check_once()
 
     assert providers.ids("status=offline") == sorted(ids)
 
@@ -112,7 +120,7 @@ def test_without_restore_on_empty_an_empty_registry_stays_empty(
     take_snapshot(registry.store, database_url)
     redis_db.flushall()
 
-    job_for(registry, database_url, restore_on_empty=False).run_once()
+    assert watch_for(registry, database_url, restore_on_empty=False).check_once() == "lost"
 
     assert providers.ids() == []
 
@@ -122,24 +130,22 @@ def test_restore_on_empty_on_a_first_start_takes_the_first_snapshot(
 ) -> None:
     providers.register()
     redis_db.delete("registry:providers")  # no providers and no marker, as on a first start
-    job_for(registry, database_url, restore_on_empty=True).run_once()
+    watch_for(registry, database_url, restore_on_empty=True).check_once()
 
     assert sql(database_url, "SELECT count(*) FROM snapshots") == [(1,)]
 
 
-def test_the_jobs_process_runs_the_snapshot_job_when_a_database_is_set(
-    settings: Settings, redis_db: redis.Redis, database_url: str
+def test_serving_processes_run_the_snapshot_job_and_the_data_watch_when_a_database_is_set(
+    registry: Registry, database_url: str
 ) -> None:
-    with_db = JobRunner(dataclasses.replace(settings, database_url=database_url, snapshot_interval_s=60))
-    without = JobRunner(settings)
-    switched_off = JobRunner(dataclasses.replace(settings, database_url=database_url, snapshot_interval_s=0))
-    try:
-        assert "SnapshotJob" in [type(j).__name__ for j in with_db.jobs]
-        assert "SnapshotJob" not in [type(j).__name__ for j in without.jobs]
-        assert "SnapshotJob" not in [type(j).__name__ for j in switched_off.jobs]
-    finally:
-        for runner in (with_db, without, switched_off):
-            runner.registry.close()
+    def kinds(**settings) -> list[str]:
+        jobs = BackgroundJobs(dataclasses.replace(registry, settings=dataclasses.replace(registry.settings, **settings)))
+        return [type(j).__name__ for j in jobs.jobs]
+
+    assert {"SnapshotJob", "DataWatch"} <= set(kinds(database_url=database_url, snapshot_interval_s=60))
+    assert not {"SnapshotJob", "DataWatch"} & set(kinds())
+    assert "SnapshotJob" not in kinds(database_url=database_url, snapshot_interval_s=0)
+    assert "DataWatch" in kinds(database_url=database_url, snapshot_interval_s=0)
 
 
 def test_the_job_loop_snapshots_at_start_and_stops_when_asked(

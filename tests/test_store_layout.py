@@ -14,6 +14,8 @@ from app.config import Settings
 from app.jobs.sweeper import Sweeper
 from app.registry import EXTENSION
 from app.store import canonical_name
+from app.jobs.leader import LeaderLease
+from app.store.dataset import DataSet
 from app.store.lock import LeaseLock
 from app.store.migrations import migrate
 
@@ -307,6 +309,9 @@ def test_readme_documents_every_key_the_store_writes_and_no_other(client, provid
     registry.store.set_generation("generation-1")
     snapshot_lock = LeaseLock(redis_db, registry.store.keys.snapshot_lock)
     assert snapshot_lock.acquire()
+    # The background jobs' (app/jobs): the leader's lease, and the flag of a restore running.
+    assert LeaderLease(redis_db, registry.store.keys.leader).step()
+    DataSet(registry.store.keys).mark_restoring(redis_db, "leader", 5)
     patterns = documented_key_patterns()
 
     keys = redis_db.keys("*")

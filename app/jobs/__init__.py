@@ -1,1 +1,2 @@
-"""Background jobs: one process per instance, started by the gunicorn master (see runner)."""
+"""Background jobs, run by the serving processes: elected ones (sweeper, snapshots, data watch)
+and one Consul registration per instance (see background.py)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from ..errors import StoreUnavailable
 from ..models import Transition
@@ -16,13 +17,26 @@ from ..store.migrations import migrate
 log = logging.getLogger(__name__)
 
 
-class Sweeper:
-    """Sweep every `interval_s` seconds until stopped."""
+def always() -> bool:
+    """Lead alone: for a sweeper that takes part in no election (tests, one-off runs)."""
+    return True
 
-    def __init__(self, store: ProviderStore, interval_s: float, batch: int = 1000) -> None:
+
+class Sweeper:
+    """Sweep every `interval_s` seconds, while `leading()` says so, until stopped."""
+
+    def __init__(
+        self,
+        store: ProviderStore,
+        interval_s: float,
+        batch: int = 1000,
+        leading: Callable[[], bool] = always,
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
         self.batch = batch
+        self.leading = leading
+        self.sweeps = 0  # how many sweeps this process ran: tests and operators see who swept
         self._stop = threading.Event()
         self._outage = False
 
@@ -52,11 +66,15 @@ class Sweeper:
         """
         migrated = False
         while not self._stop.is_set():
+            if not self.leading():
+                self._stop.wait(self.interval_s)
+                continue
             try:
                 if not migrated:
                     migrate(self.store)
                     migrated = True
                 self.sweep_once()
+                self.sweeps += 1
                 if self._outage:
                     log.info("sweeper: store reachable again")
                 self._outage = False

@@ -114,6 +114,16 @@ class HealthSchema(_Out):
 
     status = fields.String(required=True, validate=validate.OneOf(("ok", "unavailable")))
     redis = fields.String(required=True, validate=validate.OneOf(("ok", "unreachable")))
+    data = fields.String(
+        required=True,
+        validate=validate.OneOf(("ok", "restoring", "lost", "unknown")),
+        metadata={
+            "description": "whether Redis holds the data set the snapshots hold: ok; restoring "
+            "(it lost its data and the latest snapshot is being restored); lost (it lost its "
+            "data and nothing restores it: restore_on_empty is off or the restore failed); "
+            "unknown (Redis does not answer)"
+        },
+    )
     version = fields.String(required=True)
 
 

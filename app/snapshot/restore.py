@@ -46,7 +46,7 @@ class RestoreResult:
         if self.dry_run:
             replacing = f", replacing the {self.replaced} providers Redis holds" if self.replaced else ""
             return f"dry run: would restore {self.providers} providers from {source}{replacing}; nothing changed"
-        kept = f", {self.kept} kept as they registered meanwhile" if self.kept else ""
+        kept = f", {self.kept} kept as Redis holds them newer" if self.kept else ""
         replaced = f", {self.replaced} replaced" if self.replaced else ""
         return (
             f"restored {self.restored} providers from {source}, offline until they heartbeat"
@@ -59,6 +59,7 @@ def restore(
     database_url: str,
     *,
     force: bool = False,
+    merge: bool = False,
     dry_run: bool = False,
     progress: ProgressFactory = Progress,
 ) -> RestoreResult:
@@ -66,6 +67,8 @@ def restore(
 
     Args:
         force: replace whatever Redis holds (every key of the registry is deleted first).
+        merge: restore even though Redis holds providers; of a provider in both, the copy
+            with the newer `last_seen_at` wins (as after a data loss, when daemons re-register).
         dry_run: check and report what would happen; change nothing.
     Raises:
         NothingToRestore, RestoreRefused, LockBusy, LockLost, DatabaseUnavailable,
@@ -84,7 +87,7 @@ def restore(
         snapshot_id, taken_at, generation = latest[0], latest[1].astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), latest[2]
         total = conn.execute("SELECT count(*) FROM providers").fetchone()[0]
         present = store.count()
-        if present and not force:
+        if present and not force and not merge:
             would = "dry run: would refuse" if dry_run else "restore refused"
             raise RestoreRefused(
                 f"{would}: Redis already holds {present} providers; "
@@ -122,6 +125,6 @@ def restore(
         store.set_generation(generation)
     return RestoreResult(
         snapshot_id=snapshot_id, taken_at=taken_at, generation=generation, providers=total,
-        restored=restored, kept=total - restored, replaced=present,
+        restored=restored, kept=total - restored, replaced=present if force else 0,
         duration_s=time.monotonic() - started, dry_run=False,
     )

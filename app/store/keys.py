@@ -54,6 +54,12 @@ class Keys:
         self.snapshot_lock = f"{prefix}lock:snapshot"
         # The version of this key layout (app/store/migrations.py).
         self.layout = f"{prefix}layout"
+        # Held (with a lease of a few seconds, renewed) by the one process of the deployment
+        # that runs the once-per-registry jobs: the sweeper, the snapshots, the data watch.
+        self.leader = f"{prefix}lock:leader"
+        # Set (with a TTL) while the leader restores a snapshot after Redis lost its data, so
+        # that every instance's /health can say so.
+        self.restoring = f"{prefix}restoring"
 
     def pattern(self) -> str:
         """SCAN pattern matching every key of this registry (the prefix's glob characters escaped)."""

@@ -16,7 +16,8 @@ from .scripts import wrap_errors
 log = logging.getLogger(__name__)
 
 
-def _standalone_script(client: redis.Redis, name: str) -> Any:
+def standalone_script(client: redis.Redis, name: str) -> Any:
+    """Register one of the lock scripts, which take only their own key."""
     # Without lib.lua: a lock is no registry operation and takes none of its fixed keys.
     return client.register_script(resources.files(__package__).joinpath("lua", f"{name}.lua").read_text())
 
@@ -33,8 +34,8 @@ class LeaseLock:
         self.key = key
         self.lease_ms = int(lease_s * 1000)
         self.token = ""
-        self._renew = _standalone_script(client, "lock_renew")
-        self._release = _standalone_script(client, "lock_release")
+        self._renew = standalone_script(client, "lock_renew")
+        self._release = standalone_script(client, "lock_release")
         self._stop = threading.Event()
         self._lost = threading.Event()
         self._thread: threading.Thread | None = None

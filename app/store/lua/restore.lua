@@ -1,6 +1,6 @@
 -- Write back a batch of providers from a snapshot, offline and without a lease, with every
--- index and counter; a provider that exists already (it registered while the restore ran) is
--- kept as it is.
+-- index and counter. A provider that exists already (it registered again after Redis lost its
+-- data) is merged by its last_seen_at: the newer one wins; a tie keeps the one in Redis.
 -- KEYS[1..8] the registry's fixed keys (lib.lua)
 -- ARGV[1..6] the registry's fixed arguments (lib.lua)
 -- then: p, and per provider: ID, n, n field/value pairs (status "offline", index_keys and
@@ -20,7 +20,26 @@ for _ = 1, p do
   local id, n = ARGV[i], tonumber(ARGV[i + 1])
   local first, last = i + 2, i + 1 + 2 * n
   local hash = hkey(id)
-  if redis.call('EXISTS', hash) == 0 then
+  local h = read_state(id)
+  if h then
+    local seen_at = 0
+    for j = first, last, 2 do
+      if ARGV[j] == 'last_seen_at' then seen_at = tonumber(ARGV[j + 1]) or 0 end
+    end
+    if seen_at > (tonumber(redis.call('HGET', hash, 'last_seen_at')) or 0) then
+      -- The snapshot's copy is newer: take the stale one out of everything, as delete.lua does.
+      drop_indexes(h.index_keys, id)
+      bucket_remove(h.bucket_stems, id, h.status)
+      count(h.summary, h.status, -1)
+      redis.call('ZREM', ctx.status_prefix .. h.status, id)
+      redis.call('ZREM', ctx.leases, id)
+      redis.call('ZREM', ctx.claims, id)
+      redis.call('SREM', ctx.irregular, id)
+      redis.call('DEL', hash, ctx.lease_prefix .. id)
+      h = nil
+    end
+  end
+  if not h then
     redis.call('HSET', hash, unpack(ARGV, first, last))
     written[#written + 1] = 0
     written[#written + 1] = id
