@@ -23,6 +23,7 @@ from flask import Flask, Response, g, request
 
 from .errors import Forbidden, Unauthorized
 from .keyring import ROLES, KeyRing, hash_secret, new_token
+from .store.idempotency import fresh_token
 from .store.providers import MUST_BE_NEW
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def registration(id_given: bool) -> Registration:
     """
     principal = current_principal()
     g.token_may_be_issued = True
-    token = new_token()
+    token = fresh_token()  # the same on a retry under the same Idempotency-Key
     if principal.kind == "provider":
         expected = principal.token_hash
     elif principal.has("admin") or not id_given:
