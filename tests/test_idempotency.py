@@ -10,8 +10,10 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app.errors import IdempotencyInProgress
 from app.keyring import hash_secret
 from app.registry import EXTENSION
+from app.store.idempotency import Attempt, bind, unbind
 
 from .conftest import (
     REGISTER_KEY,
@@ -326,3 +328,42 @@ def test_a_write_that_never_reached_redis_runs_on_retry(
     retry = register.post("/providers", json=body, headers={"Idempotency-Key": "k"})
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry.headers
+
+
+def test_a_reservation_whose_write_never_arrived_is_taken_over_after_the_in_flight_bound(
+    fast_app: Flask, redis_server: Any, redis_db: redis.Redis
+) -> None:
+    register = bearer_client(fast_app, REGISTER_KEY)
+    body = provider_body(id=new_id())
+    # The fenced script is not loaded, so the paused EVALSHA fails (NOSCRIPT) when Redis
+    # resumes and the write never runs; the reservation stays pending.
+    redis_db.script_flush()
+    pause_during_write(fast_app, redis_server, pause_s=0.3)
+    assert register.post("/providers", json=body, headers={"Idempotency-Key": "k"}).status_code == 503
+    wait_for_redis(redis_db)
+
+    busy = register.post("/providers", json=body, headers={"Idempotency-Key": "k"})
+    assert busy.status_code == 409
+    assert busy.get_json()["code"] == "idempotency_in_progress"
+    assert wait_until(
+        lambda: register.post("/providers", json=body, headers={"Idempotency-Key": "k"}).status_code == 201,
+        timeout=3, interval=0.25,
+    )
+    assert redis_db.zcard("registry:providers") == 1
+
+
+def test_a_stale_attempts_write_is_fenced_once_another_took_the_key_over(
+    registry: Any, redis_db: redis.Redis
+) -> None:
+    store = registry.idempotency
+    store.in_flight_ms = 0  # every reservation is stale at once
+    stale_owner, _ = store.begin("scope", "fingerprint")
+    _, begun = store.begin("scope", "fingerprint")
+    assert begun.outcome == "takeover"
+    token = bind(Attempt(store, registry.store.keys.idempotency("scope"), stale_owner, b"seed"))
+    try:
+        with pytest.raises(IdempotencyInProgress):
+            registry.store.register(new_id(), provider_body(), "idle")
+    finally:
+        unbind(token)
+    assert redis_db.zcard("registry:providers") == 0
