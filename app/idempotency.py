@@ -168,6 +168,7 @@ def idempotent(view: F) -> F:
             response.headers["Idempotent-Replayed"] = "true"
         return response
 
+    wrapper.accepts_idempotency_key = True  # type: ignore[attr-defined]  # read by the OpenAPI builder
     return wrapper  # type: ignore[return-value]
 
 
