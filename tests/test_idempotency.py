@@ -1,12 +1,14 @@
 """Idempotency-Key: a retried write answers as the first attempt did and applies nothing twice."""
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from typing import Any, Callable
 
 import pytest
 import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -18,6 +20,7 @@ from app.store.idempotency import Attempt, bind, unbind
 from .conftest import (
     REGISTER_KEY,
     SCHEDULE_KEY,
+    TEST_API_KEYS,
     bearer_client,
     new_id,
     provider_body,
@@ -25,6 +28,7 @@ from .conftest import (
     register_daemon,
     wait_until,
 )
+from .gunicorn_server import GunicornServer
 
 
 def send(client: FlaskClient, method: str, url: str, key: str | None, json: Any = None) -> Any:
@@ -367,3 +371,46 @@ def test_a_stale_attempts_write_is_fenced_once_another_took_the_key_over(
     finally:
         unbind(token)
     assert redis_db.zcard("registry:providers") == 0
+
+
+def test_through_gunicorn_writes_answered_503_during_a_pause_are_each_applied_once_on_retry(
+    redis_server: Any, redis_db: redis.Redis
+) -> None:
+    """The issue's measurement, under real gunicorn (gevent) with auth on: 10 registrations."""
+    server = GunicornServer(
+        redis_server.url, auth_enabled="true", api_keys=json.dumps(TEST_API_KEYS), redis_timeout_s=0.2
+    )
+    server.start()
+    try:
+        auth = {"Authorization": f"Bearer {REGISTER_KEY}"}
+        warm = requests.post(f"{server.url}/providers", json=provider_body(), timeout=10,
+                             headers={**auth, "Idempotency-Key": "warm-up"})
+        assert warm.status_code == 201
+        bodies = {f"boot-{i}": provider_body(id=new_id()) for i in range(10)}
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            during = [
+                requests.post(f"{server.url}/providers", json=body, timeout=10,
+                              headers={**auth, "Idempotency-Key": key}).json()["code"]
+                for key, body in bodies.items()
+            ]
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        assert set(during) <= {"store_timeout", "store_unavailable"} and "store_timeout" in during
+
+        tokens = {}
+        for key, body in bodies.items():
+            def settled() -> bool:
+                response = requests.post(f"{server.url}/providers", json=body, timeout=10,
+                                         headers={**auth, "Idempotency-Key": key})
+                if response.status_code == 201:
+                    tokens[key] = response.json()["provider_token"]
+                return response.status_code == 201
+
+            assert wait_until(settled, timeout=10, interval=0.25)
+        assert redis_db.zcard("registry:providers") == 11  # the warm-up and the 10, once each
+        for key, body in bodies.items():
+            stored = redis_db.hget(f"registry:provider:{body['id']}", "token_hash")
+            assert stored == hash_secret(tokens[key])
+    finally:
+        server.stop()
