@@ -31,6 +31,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from .errors import Forbidden, MalformedJSON, Unauthorized, UnsupportedMediaType, ValidationFailed
 from .keyring import ROLES, KeyRing, hash_secret, new_token
 from .registry import current_registry
+from .store.idempotency import fresh_token
 from .store.providers import MUST_BE_NEW, token_mismatch
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ def registration(id_given: bool) -> Registration:
     """
     principal = current_principal()
     g.token_may_be_issued = True
-    token = new_token()
+    token = fresh_token()  # the same on a retry under the same Idempotency-Key
     if principal.kind == "provider":
         expected = principal.token_hash
     elif principal.has("admin") or not id_given:

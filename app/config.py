@@ -115,6 +115,13 @@ class Settings:
     rate_limit_heartbeat: str = field(
         default="30/minute", metadata=_doc("accepted heartbeats and status changes per provider")
     )
+    rate_limit_unauthenticated: str = field(
+        default="10/second",
+        metadata=_doc("requests answered 401 (no, a malformed or an unknown credential) per client address"),
+    )
+    idempotency_window_s: float = field(
+        default=600.0, metadata=_doc("how long a write's Idempotency-Key and its answer are kept")
+    )
     snapshot_interval_s: float = field(
         default=300.0, metadata=_doc("seconds between periodic snapshots; 0 turns them off")
     )
@@ -298,6 +305,8 @@ def _check(settings: Settings) -> None:
             "database_url must be a postgresql:// URL or empty, "
             f"got {mask_url(settings.database_url)!r}"
         )
+    if settings.idempotency_window_s < 1:
+        raise bad(f"idempotency_window_s must be at least 1, got {settings.idempotency_window_s}")
     if settings.snapshot_interval_s < 0:
         raise bad(f"snapshot_interval_s must be 0 or more, got {settings.snapshot_interval_s}")
     if settings.snapshot_retention_days < 0:
@@ -380,6 +389,7 @@ def _check_trust(settings: Settings) -> None:
     load_service_keys(settings)
     _check_rate("rate_limit_per_client", settings.rate_limit_per_client)
     _check_rate("rate_limit_heartbeat", settings.rate_limit_heartbeat)
+    _check_rate("rate_limit_unauthenticated", settings.rate_limit_unauthenticated)
 
 
 def default_yaml() -> str:

@@ -105,14 +105,48 @@ class Forbidden(RegistryError):
 
 
 class StoreUnavailable(RegistryError):
-    """Redis cannot be reached; the client should retry shortly."""
+    """Redis could not be reached: the command was never sent, so nothing was applied."""
 
     status = 503
     code = "store_unavailable"
     retry_after_s = 1
 
-    def __init__(self, message: str = "the registry's store is unavailable") -> None:
+    def __init__(
+        self, message: str = "the registry's store is unavailable; nothing was applied, retry shortly"
+    ) -> None:
         super().__init__(message, headers={"Retry-After": str(self.retry_after_s)})
+
+
+class StoreTimeout(StoreUnavailable):
+    """Redis did not answer after the command was sent: a write may have been applied."""
+
+    code = "store_timeout"
+
+    def __init__(
+        self,
+        message: str = (
+            "the registry's store did not answer in time; a write may have been applied: "
+            "retry with the same Idempotency-Key to learn its outcome"
+        ),
+    ) -> None:
+        super().__init__(message)
+
+
+class IdempotencyKeyReused(RegistryError):
+    """The Idempotency-Key was first used with another request body."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class IdempotencyInProgress(RegistryError):
+    """An earlier attempt with this Idempotency-Key has not finished yet."""
+
+    status = 409
+    code = "idempotency_in_progress"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 def error_response(

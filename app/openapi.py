@@ -56,12 +56,16 @@ ERROR_TEXT = {
     401: "No credential, or one that is not valid for this request",
     403: "The credential lacks the role, or may not touch this provider",
     404: "No such provider",
-    409: "Conflict: no_capacity (too few free providers match) or claim_mismatch",
+    409: "Conflict: no_capacity (too few free providers match), claim_mismatch, or idempotency_in_progress",
     412: "If-Match names a version the provider no longer has (version_mismatch)",
     413: "The body is larger than 64 KiB",
     415: "The body is not application/json",
+    422: "The Idempotency-Key was first used with another body (idempotency_key_reused)",
     429: "Rate limit reached; retry after Retry-After seconds",
-    503: "The store (Redis) is unavailable; retry after Retry-After seconds",
+    503: (
+        "store_unavailable: Redis could not be reached, nothing was applied; store_timeout: it did "
+        "not answer, a write may have been applied (retry with the same Idempotency-Key)"
+    ),
 }
 _HEADER_TEXT = {
     "Retry-After": ("integer", "seconds to wait before retrying"),
@@ -73,6 +77,13 @@ _HEADER_TEXT = {
     "ETag": ("string", "the provider's version, for If-Match"),
 }
 _ERROR_HEADERS = {401: ["WWW-Authenticate"], 412: ["ETag"], 429: ["Retry-After"], 503: ["Retry-After"]}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1 to 255 printable ASCII characters; a retry with the same key and body returns the first answer",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
@@ -275,6 +286,9 @@ def _operation(rule: Rule, method: str, view: Callable[..., Any], params: list[d
         out["parameters"].append(dict(_IF_MATCH))
     responses = {str(status): _response(status, r) for status, r in op.responses.items()}
     errors = {400, *op.errors}
+    if getattr(view, "accepts_idempotency_key", False):
+        out["parameters"].append(dict(_IDEMPOTENCY_KEY))
+        errors |= {409, 422}
     if op.body is not None:
         out["requestBody"] = {
             "required": op.body_required,

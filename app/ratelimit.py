@@ -1,4 +1,16 @@
-"""Rate limits: requests per client, and accepted heartbeats per provider (flask-limiter).
+"""Rate limits in three buckets that never share (flask-limiter, limits).
+
+- a valid service key: per key (`rate_limit_per_client`);
+- a provider token: per provider only (`rate_limit_heartbeat` on its heartbeats, and
+  `rate_limit_per_client` per token on its other requests), counting accepted requests only;
+- no credential or an invalid one: per address (`rate_limit_unauthenticated`), counting 401
+  answers, and checked before any other work.
+
+A bearer that is not a service key may be a provider token, which only the store can check
+(inside the write's script). It therefore never counts in the address bucket unless it was
+refused (401), so a flood of bad credentials from a daemon's address cannot starve the
+daemon. Once the address is over its limit, such a bearer costs one read of the provider's
+token hash before it is let through (a valid token) or refused (429).
 
 Counters live in the registry's Redis under `<key_prefix>ratelimit:`, so every instance
 shares them. A breach answers 429 with `Retry-After`, through the app's JSON error handler.
@@ -10,12 +22,16 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-import redis
-from flask import Flask, Response, request
-from flask_limiter import Limit, Limiter, RateLimitExceeded
+import logging
 
-from .auth import client_identity
-from .errors import error_response
+import redis
+from flask import Flask, Response, current_app, g, request
+from flask_limiter import Limit, Limiter, RateLimitExceeded
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+
+from .auth import KEYRING_EXTENSION, client_identity, presented_hash
+from .errors import RegistryError, Unauthorized, error_response
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -24,6 +40,59 @@ if TYPE_CHECKING:
 LIMITER_EXTENSION = "provider_registry_limiter"
 # Never limited: load balancers and Consul poll health; the contract is static.
 EXEMPT_ENDPOINTS = frozenset({"health.health", "contract.openapi", "contract.docs"})
+
+
+log = logging.getLogger(__name__)
+UNAUTHENTICATED = "unauthenticated"
+
+
+def credential_kind() -> str:
+    """Classify the request's credential: trusted, key, candidate (maybe a token), none, invalid."""
+    if "credential_kind" not in g:
+        ring = current_app.extensions[KEYRING_EXTENSION]
+        try:
+            digest = presented_hash()
+        except Unauthorized:
+            digest = ""
+        if not ring.enabled:
+            kind = "trusted"
+        elif digest is None:
+            kind = "none"
+        elif not digest:
+            kind = "invalid"
+        else:
+            kind = "key" if ring.match(digest) else "candidate"
+        g.credential_kind = kind
+    return g.credential_kind
+
+
+def _accepts_token() -> bool:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return bool(getattr(view, "accepts_provider_token", False))
+
+
+def _token_is_wrong() -> bool:
+    # Only asked of an address over its bad-credential limit: a read, never a write.
+    from .registry import current_registry
+
+    provider_id = (request.view_args or {}).get("provider_id")
+    if provider_id is None:
+        return False
+    try:
+        current_registry().store.get(str(provider_id), presented_hash() or "")
+    except Unauthorized:
+        return True
+    except RegistryError:
+        return False  # not found, or the store is down: the view answers that
+    return False
+
+
+def _not_a_key() -> bool:
+    return credential_kind() not in ("key", "trusted")
+
+
+def _is_token_request() -> bool:
+    return credential_kind() == "candidate" and _accepts_token()
 
 
 def _is_heartbeat() -> bool:
@@ -49,6 +118,41 @@ def _refusal(limiter: Limiter, exc: RateLimitExceeded) -> tuple[Response, int]:
     return response, status
 
 
+def _install_unauthenticated_bucket(app: Flask, limiter: Limiter, item: RateLimitItem) -> None:
+    """Limit per address the requests without a valid credential, by their 401 answers."""
+
+    def address() -> str:
+        return request.remote_addr or "unknown"
+
+    @app.before_request
+    def _refuse_flooding_address() -> tuple[Response, int] | None:
+        if request.endpoint in EXEMPT_ENDPOINTS or not _not_a_key():
+            return None
+        try:
+            if limiter.limiter.test(item, UNAUTHENTICATED, address()):
+                return None
+            reset_at = limiter.limiter.get_window_stats(item, UNAUTHENTICATED, address()).reset_time
+        except (redis.RedisError, StorageError):
+            return None  # a Redis outage must not turn into 500s; the store answers 503
+        if _is_token_request() and not _token_is_wrong():
+            return None  # a valid provider token is never refused for its address's floods
+        response, status = error_response(
+            429, "too_many_requests",
+            f"too many requests without a valid credential from this address (limit {item})",
+        )
+        response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+        return response, status
+
+    @app.after_request
+    def _count_refused_credentials(response: Response) -> Response:
+        if response.status_code == 401 and _not_a_key():
+            try:
+                limiter.limiter.hit(item, UNAUTHENTICATED, address())
+            except (redis.RedisError, StorageError):
+                log.debug("rate limit: bad credential not counted (store unavailable)")
+        return response
+
+
 def install_rate_limits(
     app: Flask, settings: Settings, keys: Keys, pool: redis.ConnectionPool
 ) -> Limiter | None:
@@ -62,7 +166,18 @@ def install_rate_limits(
                 settings.rate_limit_per_client,
                 scope="client",
                 shared=True,
+                # Requests without a valid key have buckets of their own (see the module).
+                exempt_when=lambda: credential_kind() not in ("key", "trusted"),
                 error_message=f"too many requests from this client (limit {settings.rate_limit_per_client})",
+            ),
+            Limit(
+                settings.rate_limit_per_client,
+                key_function=lambda: f"token:{presented_hash()}",
+                scope="token",
+                shared=True,
+                exempt_when=lambda: not _is_token_request() or _is_heartbeat(),
+                deduct_when=_succeeded,
+                error_message=f"too many requests with this provider token (limit {settings.rate_limit_per_client})",
             ),
             Limit(
                 settings.rate_limit_heartbeat,
@@ -87,6 +202,8 @@ def install_rate_limits(
         swallow_errors=True,
     )
     limiter.request_filter(lambda: request.endpoint in EXEMPT_ENDPOINTS)
+    if settings.auth_enabled:
+        _install_unauthenticated_bucket(app, limiter, parse(settings.rate_limit_unauthenticated))
     limiter.init_app(app)
     app.register_error_handler(RateLimitExceeded, functools.partial(_refusal, limiter))
     app.extensions[LIMITER_EXTENSION] = limiter

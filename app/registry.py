@@ -10,6 +10,7 @@ from redis.retry import Retry
 
 from .config import Settings, parse_duration
 from .store import CapacityStore, ClaimStore, EventFeed, Keys, ProviderStore
+from .store.idempotency import IdempotencyStore
 from .version import package_version
 
 EXTENSION = "provider_registry"
@@ -29,7 +30,9 @@ def redis_client(
         socket_timeout=socket_timeout or settings.redis_timeout_s,
         socket_connect_timeout=connect_timeout or settings.redis_timeout_s,
         # One immediate retry replaces a pooled connection that died with a restarted Redis.
-        retry=Retry(NoBackoff(), 1),
+        # Never on a timeout: the command was sent and may still run, and sending a write
+        # again would apply it twice.
+        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         health_check_interval=30,
     )
 
@@ -37,6 +40,15 @@ def redis_client(
 def health_timeout_s(settings: Settings) -> float:
     """Return the Redis timeout of /health: with its one retry, half Consul's check timeout."""
     return min(settings.redis_timeout_s, parse_duration(settings.consul_check_timeout) / 4)
+
+
+def in_flight_s(settings: Settings) -> float:
+    """Return how long an attempt under an Idempotency-Key may run before a retry takes over.
+
+    A request makes at most a few Redis calls, each bounded by the timeout; taking over
+    earlier is still safe (the first attempt's write is fenced), only wasteful.
+    """
+    return max(1.0, 5 * settings.redis_timeout_s)
 
 
 @dataclass
@@ -52,6 +64,7 @@ class Registry:
     claims: ClaimStore
     events: EventFeed
     capacity: CapacityStore
+    idempotency: IdempotencyStore
     version: str
 
     @classmethod
@@ -73,6 +86,9 @@ class Registry:
             claims=ClaimStore(store),
             events=EventFeed(client, blocking, keys),
             capacity=CapacityStore(store),
+            idempotency=IdempotencyStore(
+                client, keys, settings.idempotency_window_s, in_flight_s(settings)
+            ),
             version=package_version(),
         )
 

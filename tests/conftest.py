@@ -75,6 +75,7 @@ def settings(redis_server: RedisServer) -> Settings:
         api_keys=TEST_API_KEYS,
         rate_limit_per_client=GENEROUS_LIMIT,
         rate_limit_heartbeat=GENEROUS_LIMIT,
+        rate_limit_unauthenticated=GENEROUS_LIMIT,
     )
 
 

@@ -73,11 +73,50 @@ def test_requests_past_the_per_client_limit_get_429_and_other_clients_are_unaffe
     assert bearer_client(tight_clients, ADMIN_KEY).get("/providers").status_code == 200
 
 
+@pytest.fixture
+def tight_strangers(settings: Settings, redis_db: redis.Redis) -> Iterator[Flask]:
+    app = limited_app(settings, rate_limit_unauthenticated="20/minute", rate_limit_per_client="1000/minute")
+    yield app
+    app.extensions[EXTENSION].close()
+
+
 def test_unknown_credentials_share_the_address_bucket_instead_of_getting_fresh_ones(
-    tight_clients: Flask,
+    tight_strangers: Flask,
 ) -> None:
-    statuses = [bearer_client(tight_clients, f"guess-{i}").get("/providers").status_code for i in range(6)]
-    assert statuses == [401] * 5 + [429]
+    statuses = [bearer_client(tight_strangers, f"guess-{i}").get("/providers").status_code for i in range(21)]
+    assert statuses == [401] * 20 + [429]
+    refused = bearer_client(tight_strangers, None).get("/providers")
+    assert refused.status_code == 429
+    assert refused.get_json()["code"] == "too_many_requests"
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_a_bad_credential_flood_from_one_address_never_refuses_a_valid_token(
+    tight_strangers: Flask,
+) -> None:
+    daemons = [register_daemon(tight_strangers) for _ in range(40)]
+    flooder = bearer_client(tight_strangers, "wrong-key")
+    valid, flood = [], []
+    for round_ in range(5):
+        for i, daemon in enumerate(daemons):
+            valid.append(daemon.client.put(f"/providers/{daemon.id}/status", json={}).status_code)
+            # The flood hits both routes that take no token and the daemons' own routes.
+            flood.append(flooder.get("/providers").status_code)
+            target = daemons[(i + 1) % len(daemons)].id
+            flood.append(flooder.post(f"/api/v1/providers/{target}/heartbeat").status_code)
+    assert valid == [200] * 200
+    assert flood[:20] == [401] * 20
+    assert set(flood[20:]) == {429}
+    # The daemons' heartbeats went through the heartbeat limit only: none was refused.
+    assert all(daemon.client.get(f"/providers/{daemon.id}").status_code == 200 for daemon in daemons)
+
+
+def test_service_keys_are_limited_per_key_apart_from_floods(tight_clients: Flask) -> None:
+    for i in range(30):
+        bearer_client(tight_clients, f"guess-{i}").get("/providers")
+    reader, admin = bearer_client(tight_clients, READ_KEY), bearer_client(tight_clients, ADMIN_KEY)
+    assert [reader.get("/providers").status_code for _ in range(6)] == [200] * 5 + [429]
+    assert admin.get("/providers").status_code == 200
 
 
 def test_health_is_never_rate_limited(tight_clients: Flask) -> None:
@@ -110,7 +149,10 @@ def test_rate_limiting_can_be_turned_off(settings: Settings, redis_db: redis.Red
         app.extensions[EXTENSION].close()
 
 
-@pytest.mark.parametrize("key", ["REGISTRY_RATE_LIMIT_PER_CLIENT", "REGISTRY_RATE_LIMIT_HEARTBEAT"])
+@pytest.mark.parametrize(
+    "key",
+    ["REGISTRY_RATE_LIMIT_PER_CLIENT", "REGISTRY_RATE_LIMIT_HEARTBEAT", "REGISTRY_RATE_LIMIT_UNAUTHENTICATED"],
+)
 def test_a_rate_limit_that_does_not_parse_is_a_config_error(tmp_path, key: str) -> None:
     with pytest.raises(ConfigError, match="rate limit"):
         load_settings(tmp_path / "c.yaml", env={key: "lots per day"})

@@ -302,7 +302,10 @@ def test_readme_documents_every_key_the_store_writes_and_no_other(client, provid
     migrate(registry.store)
     providers.heartbeat(body["id"], status="maintenance")
     providers.register()  # the only idle provider: a scheduler claims it
-    claimed = client.post("/providers/claim", json={"claimant": "scheduler-1", "claim_ttl_s": 60})
+    claimed = client.post(
+        "/providers/claim", json={"claimant": "scheduler-1", "claim_ttl_s": 60},
+        headers={"Idempotency-Key": "claim-1"},
+    )
     assert claimed.status_code == 200, claimed.get_json()
     client.get("/providers?gpu_model=a100&status=idle&healthy_only=true")
     # The keys of snapshots and restores (app/snapshot), as they leave them mid-snapshot.

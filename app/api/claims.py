@@ -6,6 +6,7 @@ import uuid
 from flask import Blueprint, Response, jsonify
 
 from ..auth import provider_token_hash, requires
+from ..idempotency import idempotent
 from ..models import Provider, rfc3339
 from ..registry import current_registry
 from ..schemas import ClaimIdSchema, ClaimSchema
@@ -18,6 +19,7 @@ CLAIM, CLAIM_ID = ClaimSchema(), ClaimIdSchema()
 
 @bp.post("/providers/claim")
 @requires("schedule")
+@idempotent
 def claim() -> Response:
     """Claim `count` live, idle providers matching the filters, all or nothing."""
     data = json_body(CLAIM)
@@ -39,6 +41,7 @@ def _claim_reply(provider: Provider, now: int) -> tuple[Response, int, dict[str,
 
 @bp.post("/providers/<uuid:provider_id>/claim/renew")
 @requires("schedule")
+@idempotent
 def renew(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Extend an unconfirmed claim by its TTL."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
@@ -47,6 +50,7 @@ def renew(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 
 @bp.post("/providers/<uuid:provider_id>/claim/confirm")
 @requires("schedule")
+@idempotent
 def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Confirm a claim: the job started; it lasts until released or the provider goes offline."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
@@ -55,6 +59,7 @@ def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 
 @bp.post("/providers/<uuid:provider_id>/release")
 @requires("schedule", provider=True)
+@idempotent
 def release(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """End a claim; the provider is idle again."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])

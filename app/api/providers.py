@@ -11,10 +11,12 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 
 from ..auth import provider_token_hash, registration, requires
 from ..errors import StoreUnavailable, ValidationFailed
+from ..idempotency import idempotent
 from ..models import Filters, Page
 from ..registry import current_registry
 from ..schemas import HeartbeatSchema, ListQuerySchema, ProviderDetailsSchema, RegisterSchema
 from ..store import ProviderStore
+from ..store.idempotency import fresh_uuid
 from .conditional import if_match_versions
 from .filters import decode_cursor, encode_cursor, filters_from
 from .parsing import json_body, query_args
@@ -42,12 +44,13 @@ def _same_id(body_id: str | None, provider_id: uuid.UUID, field: str) -> None:
 
 @bp.post("/providers")
 @requires("register", provider=True)
+@idempotent
 def register_provider() -> tuple[Response, int, dict[str, str]]:
     """Register a provider, or refresh the one whose `id` the daemon kept."""
     registry = current_registry()
     data = json_body(REGISTER)
     given_id = data.pop("id", None)
-    provider_id = given_id or str(uuid.uuid4())
+    provider_id = given_id or fresh_uuid("provider_id")
     status = data.pop("status", None) or "idle"
     auth = registration(id_given=given_id is not None)
     provider, created, now = registry.store.register(
@@ -63,6 +66,7 @@ def register_provider() -> tuple[Response, int, dict[str, str]]:
 @bp.route("/providers/<uuid:provider_id>/status", methods=["PUT", "PATCH"])
 @bp.post("/providers/<uuid:provider_id>/heartbeat")
 @requires("schedule", provider=True)
+@idempotent
 def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Renew the lease; optionally set the status and report live GPU metrics."""
     registry = current_registry()
@@ -79,6 +83,7 @@ def heartbeat(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 
 @bp.put("/providers/<uuid:provider_id>")
 @requires(provider=True)
+@idempotent
 def update_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """Replace a provider's details; status and lease are untouched."""
     data = json_body(DETAILS)
@@ -99,6 +104,7 @@ def get_provider(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]
 
 @bp.delete("/providers/<uuid:provider_id>")
 @requires(provider=True)
+@idempotent
 def delete_provider(provider_id: uuid.UUID) -> tuple[str, int]:
     """Deregister a provider."""
     current_registry().store.delete(str(provider_id), if_match_versions(), provider_token_hash())

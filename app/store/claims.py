@@ -1,12 +1,12 @@
 """Claims: a scheduler takes providers atomically, then renews, confirms or releases them."""
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from ..errors import ClaimMismatch, NoCapacity, ProviderNotFound
 from ..models import Filters, Provider
 from .providers import NOT_FOUND, TOKEN_MISMATCH, ProviderStore, token_mismatch
+from .idempotency import fresh_uuid
 from .scripts import load_script, pairs, wrap_errors
 
 NO_CAPACITY, CLAIM_MISMATCH = -2, -4
@@ -39,7 +39,7 @@ class ClaimStore:
             NoCapacity: fewer than `count` are free; nothing was claimed.
         """
         store = self.providers
-        claim_id = str(uuid.uuid4())
+        claim_id = fresh_uuid("claim_id")
         code, now, *rest = store.run_script(
             self._claim,
             store.filter_keys(filters),

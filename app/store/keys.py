@@ -109,6 +109,14 @@ class Keys:
         """Providers at `location`."""
         return f"{self.prefix}location:{canonical_name(location)}"
 
+    def idempotency(self, scope_digest: str) -> str:
+        """Record of one Idempotency-Key: its reservation, the write's reply, then the answer.
+
+        `scope_digest` is the SHA-256 of the caller's credential, method, path and key, so
+        that neither a key nor a credential appears in Redis.
+        """
+        return f"{self.prefix}idem:{scope_digest}"
+
     def tmp(self, name: str) -> str:
         """Scratch key that a script creates and deletes within one call."""
         return f"{self.tmp_prefix}{name}"

@@ -13,6 +13,7 @@ from orjson import loads as _fast_loads  # a restore parses every provider's GPU
 from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
 from ..models import DETAIL_FIELDS, LIVE_GPU_FIELDS, Filters, Lease, Page, Provider, Transition
 from .keys import STATUSES, Keys, canonical_name, fold_name
+from .idempotency import run_script as run_fenced
 from .scripts import ScriptContext, load_script, pairs, wrap_errors
 
 NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH = -1, -2, -3
@@ -157,7 +158,7 @@ class ProviderStore:
 
         `client` may be a pipeline, to batch calls (bench and bulk tools).
         """
-        return script(keys=self.ctx.keys + keys, args=self.ctx.args + args, client=client)
+        return run_fenced(script, self.ctx.keys + keys, self.ctx.args + args, client)
 
     def register_args(
         self, provider_id: str, details: dict[str, Any], status: str,

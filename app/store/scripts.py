@@ -8,15 +8,24 @@ from typing import Any, Callable, TypeVar
 
 import redis
 
-from ..errors import StoreUnavailable
+from ..errors import StoreTimeout, StoreUnavailable
 from .keys import Keys
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def never_sent(exc: redis.RedisError) -> bool:
+    """Tell whether a Redis failure happened while connecting, before any command was sent.
+
+    redis-py raises "Error <n> connecting to ..." and "Timeout connecting to server" from
+    `connect`; any other ConnectionError or TimeoutError comes after a command was written.
+    """
+    return "connecting to" in str(exc)
+
+
 def wrap_errors(method: F) -> F:
-    """Turn any Redis failure into StoreUnavailable, at the store's edge."""
+    """Turn any Redis failure into StoreUnavailable or StoreTimeout, at the store's edge."""
 
     @functools.wraps(method)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -25,7 +34,9 @@ def wrap_errors(method: F) -> F:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Callers report outages (a 503, or the job's one line per outage): no flood here.
             log.debug("redis unavailable", extra={"error": str(exc)})
-            raise StoreUnavailable() from exc
+            # A sent command may still run (a paused Redis reads it when it resumes): the
+            # client must be told the outcome is unknown, not that nothing happened.
+            raise (StoreUnavailable() if never_sent(exc) else StoreTimeout()) from exc
         except redis.RedisError as exc:
             log.error("redis error", extra={"error": str(exc)}, exc_info=True)
             raise StoreUnavailable(f"the registry's store failed: {exc}") from exc
