@@ -64,6 +64,10 @@ class Settings:
     sweep_interval_s: float = field(
         default=0.5, metadata=_doc("how often the sweeper turns lapsed leases offline")
     )
+    outage_grace_after_s: float = field(
+        default=2.0,
+        metadata=_doc("no serving process reached Redis for this long: the registry was blind, and each lease that lapsed meanwhile gets one more (0: off)"),
+    )
     events_max_len: int = field(
         default=100_000, metadata=_doc("events kept in the change feed (approximately)")
     )

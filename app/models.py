@@ -66,6 +66,7 @@ class Provider:
     claimant: str | None = None
     claim_expires_at_ms: int | None = None
     claim_confirmed: bool = False
+    grace_until_ms: int | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> "Provider":
@@ -88,6 +89,7 @@ class Provider:
             claimant=fields.get("claimant"),
             claim_expires_at_ms=_int(fields.get("claim_expires_at")),
             claim_confirmed=fields.get("claim_confirmed") == "1",
+            grace_until_ms=_int(fields.get("grace_until")),
         )
 
     def lease_live(self, now_ms: int) -> bool:
@@ -108,6 +110,13 @@ class Provider:
             return "idle"  # an unconfirmed claim lapsed
         return self.status
 
+    def liveness(self, now_ms: int) -> str:
+        """Return `live`, `grace` (the lease runs on after an outage of the registry, and the
+        daemon has not been heard since) or `offline`."""
+        if not self.lease_live(now_ms):
+            return "offline"
+        return "live" if self.grace_until_ms is None else "grace"
+
     @property
     def etag(self) -> str:
         """Return the version as a strong entity tag."""
@@ -123,6 +132,7 @@ class Provider:
             "ip_address": self.ip_address,
             "location": self.location,
             "status": self.effective_status(now_ms),
+            "liveness": self.liveness(now_ms),
             "gpus": self.gpus,
             "metadata": self.metadata,
             "registered_at": rfc3339(self.registered_at_ms),

@@ -74,7 +74,10 @@ class Registry:
         client = redis_client(settings)
         # Long polls block in XREAD: their connections need a timeout past the longest wait.
         blocking = redis_client(settings, socket_timeout=MAX_WAIT_S + settings.redis_timeout_s + 5)
-        store = ProviderStore(client, keys, settings.heartbeat_ttl_s, settings.events_max_len)
+        store = ProviderStore(
+            client, keys, settings.heartbeat_ttl_s, settings.events_max_len,
+            blind_after_s=settings.outage_grace_after_s,
+        )
         return cls(
             settings=settings,
             redis=client,

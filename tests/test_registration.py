@@ -239,8 +239,8 @@ def test_get_returns_the_provider_with_effective_status_and_lease_deadline(clien
     assert body["status"] == "busy"
     assert body["lease_expires_at"] == first["lease_expires_at"]
     assert set(body) == {
-        "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "gpus",
-        "metadata", "registered_at", "last_seen_at", "lease_expires_at", "version", "claim",
+        "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "liveness",
+        "gpus", "metadata", "registered_at", "last_seen_at", "lease_expires_at", "version", "claim",
     }
 
 

@@ -45,7 +45,8 @@ def recompute(client) -> dict:
             loc["idle_providers"] += 1 if idle else 0
             loc["gpus"] += len(p["gpus"])
             loc["idle_gpus"] += len(p["gpus"]) if idle else 0
-    return {"by_status": by_status, "by_gpu_model": dict(sorted(models.items())), "by_location": dict(sorted(locations.items()))}
+    in_grace = sum(p["liveness"] == "grace" for p in providers)
+    return {"by_status": by_status, "in_grace": in_grace, "by_gpu_model": dict(sorted(models.items())), "by_location": dict(sorted(locations.items()))}
 
 
 def random_body(rng: random.Random) -> dict:
@@ -57,6 +58,7 @@ def test_summary_shape_for_one_provider(client, providers):
     providers.register(gpus=[gpu("NVIDIA A100", 81920), gpu("NVIDIA A100", 81920)], location="eu-west")
     assert client.get("/providers/summary").get_json() == {
         "by_status": {"idle": 1, "busy": 0, "maintenance": 0, "error": 0, "offline": 0},
+        "in_grace": 0,
         "by_gpu_model": {"nvidia a100": {"providers": 1, "gpus": 2, "idle_gpus": 2, "vram_mb": 163840, "idle_vram_mb": 163840}},
         "by_location": {"eu-west": {"providers": 1, "idle_providers": 1, "gpus": 2, "idle_gpus": 2}},
     }

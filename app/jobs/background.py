@@ -18,6 +18,7 @@ from ..registry import EXTENSION, Registry
 from .datawatch import DataWatch
 from .instance import InstanceRegistration
 from .leader import LeaderLease
+from .pulse import Pulse
 from .snapshot import SnapshotJob
 from .sweeper import Sweeper
 
@@ -47,6 +48,8 @@ class BackgroundJobs:
         if settings.consul_enabled:
             # First, so that on stop the instance leaves Consul before anything else winds down.
             self.jobs.append(InstanceRegistration(settings, registry.version))
+        if settings.outage_grace_after_s > 0:
+            self.jobs.append(Pulse(store, settings.outage_grace_after_s))
         self.jobs.append(self.sweeper)
         if settings.database_url:
             self.jobs.append(DataWatch(store, settings, leading=leading))

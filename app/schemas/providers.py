@@ -58,7 +58,9 @@ class GpuSchema(_Strict):
 
 
 # Fields of an answer that the server sets; a body copied from `GET` may carry them back.
-SERVER_FIELDS = ("status", "registered_at", "last_seen_at", "lease_expires_at", "version", "claim")
+SERVER_FIELDS = (
+    "status", "liveness", "registered_at", "last_seen_at", "lease_expires_at", "version", "claim",
+)
 
 
 class ProviderDetailsSchema(_Strict):
@@ -88,6 +90,7 @@ class ProviderDetailsSchema(_Strict):
     version = fields.Raw(load_only=True, allow_none=True)
     claim = fields.Raw(load_only=True, allow_none=True)
     status = fields.Raw(load_only=True, allow_none=True)
+    liveness = fields.Raw(load_only=True, allow_none=True)
 
     @post_load
     def _server_fields(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

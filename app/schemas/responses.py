@@ -34,6 +34,10 @@ class ProviderSchema(_Out):
     ip_address = fields.String(required=True, allow_none=True)
     location = fields.String(required=True, allow_none=True)
     status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    liveness = fields.String(
+        required=True, validate=validate.OneOf(("live", "grace", "offline")),
+        metadata={"description": "grace: the lease was extended after an outage of the registry and the daemon has not been heard since"},
+    )
     gpus = fields.List(fields.Nested(GpuSchema), required=True)
     metadata = fields.Dict(required=True)
     registered_at = fields.DateTime(required=True)
@@ -98,6 +102,9 @@ class SummarySchema(_Out):
     """Capacity at a glance, by effective status."""
 
     by_status = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    in_grace = fields.Integer(
+        required=True, metadata={"description": "live providers whose lease runs under outage grace"}
+    )
     by_gpu_model = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
     by_location = fields.Dict(keys=fields.String(), values=fields.Dict(), required=True)
 

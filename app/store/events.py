@@ -13,8 +13,8 @@ from .scripts import wrap_errors
 
 STREAM_ID = re.compile(r"^\d+(-\d+)?$")
 # Event fields that hold numbers or times rather than text.
-_INT_FIELDS = ("version",)
-_TIME_FIELDS = ("at", "expires_at")
+_INT_FIELDS = ("version", "leases")
+_TIME_FIELDS = ("at", "expires_at", "blind_since")
 
 
 def _id_tuple(stream_id: str) -> tuple[int, int]:

@@ -44,6 +44,10 @@ class Keys:
         # Canonical name -> folded name of every GPU model and architecture that has an index:
         # substring filters resolve against these, never against the providers.
         self.gpu_catalog = f"{prefix}catalog:gpu"
+        # Redis's time when a serving process last reached it (outage grace, lib.lua).
+        self.pulse = f"{prefix}pulse"
+        # Providers whose lease runs under outage grace: member ID, score the grace deadline.
+        self.grace = f"{prefix}grace"
         self.arch_catalog = f"{prefix}catalog:arch"
         # flask-limiter's counters; its storage adds ":" and its own key after this.
         self.ratelimit_prefix = f"{prefix}ratelimit"

@@ -135,13 +135,20 @@ class ProviderStore:
     """Providers, their leases and their indexes in Redis."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, lease_ttl_s: float, events_max_len: int = 100_000
+        self, client: redis.Redis, keys: Keys, lease_ttl_s: float, events_max_len: int = 100_000,
+        blind_after_s: float = 0.0,
     ) -> None:
+        """Args:
+            blind_after_s: a pulse older than this means the registry was blind, and leases
+                get their outage grace (lib.lua); 0 turns outage grace off.
+        """
         self.redis = client
         self.keys = keys
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
-        self.ctx = ScriptContext(keys, events_max_len)
+        self.ctx = ScriptContext(keys, events_max_len, self.lease_ttl_ms, int(blind_after_s * 1000))
         self._write = load_script(client, "write")
+        self._get = load_script(client, "get")
+        self._pulse = load_script(client, "pulse")
         self._heartbeat = load_script(client, "heartbeat")
         self._delete = load_script(client, "delete")
         self._sweep = load_script(client, "sweep")
@@ -295,17 +302,20 @@ class ProviderStore:
             ProviderNotFound: no provider has this ID.
             Unauthorized: `expected_token_hash` is given and is not the provider's.
         """
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
-        pipe.hgetall(self.keys.provider(provider_id))
-        now, fields = pipe.execute()
+        now, flat = self.run_script(self._get, [], [provider_id])
+        fields = pairs(flat)
         if not fields:
             raise ProviderNotFound(provider_id)
         if expected_token_hash and not hmac.compare_digest(
             fields.get("token_hash", ""), expected_token_hash
         ):
             raise token_mismatch(provider_id)
-        return Provider.from_hash(fields), _ms(now)
+        return Provider.from_hash(fields), now
+
+    @wrap_errors
+    def pulse(self) -> int:
+        """Tell the registry that this process reaches Redis now; return Redis's time in ms."""
+        return self.run_script(self._pulse, [], [])
 
     @wrap_errors
     def token_matches(self, provider_id: str, token_hash: str) -> bool:
@@ -486,7 +496,10 @@ class ProviderStore:
             The hash; its detail index entries, bucket entries and GPU index sizes; whether
             it is irregular; its counter contribution.
         """
-        out = {name: value for name, value in fields.items() if not is_claim_field(name)}
+        out = {
+            name: value for name, value in fields.items()
+            if not is_claim_field(name) and name != "grace_until"
+        }
         out["status"] = "offline"
         deadline = _int_or_none(out.get("lease_expires_at"))
         if deadline is None or deadline > now_ms:

@@ -60,8 +60,9 @@ def pairs(flat: list[str]) -> dict[str, str]:
 class ScriptContext:
     """The fixed KEYS and ARGV every script starts with (see lib.lua)."""
 
-    def __init__(self, keys: Keys, events_max_len: int) -> None:
+    def __init__(self, keys: Keys, events_max_len: int, lease_ttl_ms: int, blind_after_ms: int) -> None:
         self.keys = [keys.providers, keys.leases, keys.claims, keys.irregular, keys.events,
-                     keys.counts, keys.gpu_catalog, keys.arch_catalog]
+                     keys.counts, keys.gpu_catalog, keys.arch_catalog, keys.pulse, keys.grace]
         self.args: list[Any] = [keys.provider_prefix, keys.status(""), keys.lease_prefix,
-                                events_max_len, keys.gpu_prefix, keys.arch_prefix]
+                                events_max_len, keys.gpu_prefix, keys.arch_prefix, lease_ttl_ms,
+                                blind_after_ms]

@@ -1,7 +1,7 @@
 -- Catalogue the GPU models and architectures of a batch of providers: the migration to
 -- layout 2, for a Redis written before the catalogs existed. Idempotent.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)    ARGV[7..] provider IDs
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)    ARGV[7..] provider IDs
 -- Returns how many of the providers exist.
 local found = 0
 for i = CTX_ARGS + 1, #ARGV do

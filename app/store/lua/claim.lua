@@ -1,8 +1,8 @@
 -- Claim `count` live, idle, unclaimed providers matching the filters, all or nothing.
--- KEYS[1..8] the registry's fixed keys (lib.lua)    KEYS[9..18] filter keys (select.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)    ARGV[7..16] filters (select.lua;
+-- KEYS[1..10] the registry's fixed keys (lib.lua)    KEYS[11..20] filter keys (select.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)    ARGV[9..18] filters (select.lua;
 -- the statuses argument is ignored)
--- ARGV[17] count    ARGV[18] claim TTL in ms    ARGV[19] claimant    ARGV[20] claim ID
+-- ARGV[19] count    ARGV[20] claim TTL in ms    ARGV[21] claimant    ARGV[22] claim ID
 -- Returns {1, now_ms, expires_at_ms, {hash as a flat list}, ...} when granted, or
 -- {-2, now_ms, live providers matching the filters, how many of them were free}.
 local wanted, ttl, claimant, claim_id =

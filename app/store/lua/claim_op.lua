@@ -1,8 +1,8 @@
 -- Renew, confirm or release one provider's claim.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- ARGV[7] provider ID    ARGV[8] "renew", "confirm" or "release"    ARGV[9] claim ID
--- ARGV[10] SHA-256 of the caller's provider token (a daemon releasing its own claim), which
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- ARGV[9] provider ID    ARGV[10] "renew", "confirm" or "release"    ARGV[11] claim ID
+-- ARGV[12] SHA-256 of the caller's provider token (a daemon releasing its own claim), which
 --         must equal the stored token_hash, or "" when the caller's role allows it without one
 -- Returns {code, now_ms, the provider hash as a flat list}: code 1 done, -1 no such provider,
 -- -2 the token does not match (nothing changed, empty list),

@@ -1,8 +1,8 @@
 -- Deregister a provider: remove it from every index and counter, then delete its keys.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- ARGV[7] provider ID    ARGV[8] If-Match versions ("" for any)
--- ARGV[9] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- ARGV[9] provider ID    ARGV[10] If-Match versions ("" for any)
+-- ARGV[11] SHA-256 of the caller's provider token, which must equal the stored token_hash,
 --         or "" when the caller's role allows it without one
 -- Returns {code, version}: code 1 deleted, -1 no such provider, -2 the token does not match
 -- (nothing deleted, version 0), -3 If-Match failed.
@@ -22,6 +22,7 @@ redis.call('ZREM', ctx.status_prefix .. h.status, id)
 redis.call('ZREM', ctx.leases, id)
 redis.call('ZREM', ctx.providers, id)
 redis.call('SREM', ctx.irregular, id)
+redis.call('ZREM', ctx.grace, id)
 redis.call('DEL', hkey(id), ctx.lease_prefix .. id)
 emit('deregistered', id, ctx.now, {'previous_status', h.status})
 return {1, tonumber(h.version) or 0}

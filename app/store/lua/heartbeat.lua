@@ -1,10 +1,10 @@
 -- Renew a provider's lease, optionally set its status and merge live GPU metrics.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- ARGV[7] provider ID    ARGV[8] lease TTL in ms    ARGV[9] new status, or "" to keep it
--- ARGV[10] GPU metrics as a JSON list matched to the GPUs by position, or ""
--- ARGV[11] If-Match versions ("" for any)
--- ARGV[12] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- ARGV[9] provider ID    ARGV[10] lease TTL in ms    ARGV[11] new status, or "" to keep it
+-- ARGV[12] GPU metrics as a JSON list matched to the GPUs by position, or ""
+-- ARGV[13] If-Match versions ("" for any)
+-- ARGV[14] SHA-256 of the caller's provider token, which must equal the stored token_hash,
 --          or "" when the caller's role allows it without one
 -- Returns {code, now_ms, {status, last_seen_at, lease_expires_at, version}}: code 1 renewed,
 -- -1 no such provider, -2 the token does not match (nothing changed, empty list),
@@ -42,9 +42,10 @@ if status == 'offline' then
   -- The daemon is shutting down: the lease ends now.
   redis.call('DEL', ctx.lease_prefix .. id)
   redis.call('ZREM', ctx.leases, id)
+  end_grace(id, h)
   redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', ctx.now)
 else
-  renew_lease(id, ttl)
+  renew_lease(id, ttl, h)
 end
 
 if status ~= was then

@@ -6,9 +6,11 @@
 --   KEYS[3] claims (zset by unconfirmed-claim deadline ms)   KEYS[4] irregular (set)
 --   KEYS[5] events (stream)   KEYS[6] counts (hash of summary counters)
 --   KEYS[7] GPU model catalog   KEYS[8] architecture catalog (hashes: canonical -> folded name)
+--   KEYS[9] pulse (string)   KEYS[10] grace (sorted set by grace deadline ms)
 -- and ARGV[1] provider hash key prefix, ARGV[2] status key prefix, ARGV[3] lease key prefix,
--- ARGV[4] events max length, ARGV[5] GPU model index prefix, ARGV[6] architecture index prefix.
-local CTX_KEYS, CTX_ARGS = 8, 6
+-- ARGV[4] events max length, ARGV[5] GPU model index prefix, ARGV[6] architecture index prefix,
+-- ARGV[7] lease TTL in ms, ARGV[8] blind after this many ms without a pulse (0: never).
+local CTX_KEYS, CTX_ARGS = 10, 8
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -21,6 +23,7 @@ local ctx = {
   events = KEYS[5], counts = KEYS[6], gpu_catalog = KEYS[7], arch_catalog = KEYS[8],
   hash_prefix = ARGV[1], status_prefix = ARGV[2], lease_prefix = ARGV[3],
   events_max_len = tonumber(ARGV[4]), gpu_prefix = ARGV[5], arch_prefix = ARGV[6],
+  pulse = KEYS[9], grace = KEYS[10], lease_ttl = tonumber(ARGV[7]), blind_after = tonumber(ARGV[8]),
   now = now_ms(),
 }
 
@@ -28,7 +31,7 @@ local function hkey(id) return ctx.hash_prefix .. id end
 
 -- The fields every state transition needs, read in one call.
 local STATE_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claimant', 'claim_expires_at',
-  'claim_confirmed', 'summary', 'version', 'index_keys', 'bucket_stems'}
+  'claim_confirmed', 'summary', 'version', 'index_keys', 'bucket_stems', 'grace_until'}
 local STATUSES = {'idle', 'busy', 'maintenance', 'error', 'offline'}
 local function read_state(id)
   local v = redis.call('HMGET', hkey(id), unpack(STATE_FIELDS))
@@ -142,6 +145,15 @@ local function bump(id, h)
   h.version = redis.call('HINCRBY', hkey(id), 'version', 1)
 end
 
+-- A provider heard from (or gone) is out of grace.
+local function end_grace(id, h)
+  if h.grace_until then
+    redis.call('ZREM', ctx.grace, id)
+    redis.call('HDEL', hkey(id), 'grace_until')
+    h.grace_until = nil
+  end
+end
+
 local function clear_claim(id, h)
   redis.call('HDEL', hkey(id), 'claim_id', 'claimant', 'claim_expires_at', 'claim_ttl_ms',
     'claim_confirmed')
@@ -202,6 +214,7 @@ local function settle(id, h)
     local previous = h.status
     set_status(id, h, 'offline')
     redis.call('ZREM', ctx.leases, id)
+    end_grace(id, h)
     emit('offline', id, lease, {'previous_status', previous, 'reason', 'lease_lapsed'})
   end
 end
@@ -215,7 +228,8 @@ local function end_claim(id, h, reason)
 end
 
 -- Renew the lease from now.
-local function renew_lease(id, ttl)
+local function renew_lease(id, ttl, h)
+  end_grace(id, h)
   local deadline = ctx.now + ttl
   redis.call('SET', ctx.lease_prefix .. id, ctx.now, 'PX', ttl)
   redis.call('ZADD', ctx.leases, deadline, id)
@@ -265,4 +279,43 @@ end
 
 local function reply(id)
   return redis.call('HGETALL', hkey(id))
+end
+
+-- Outage grace. Every serving process writes Redis's time to the pulse twice a second
+-- (pulse.lua). A script that finds the pulse older than `blind_after` learns that for that long
+-- no process reached Redis (every instance down, Redis unreachable or paused): the registry was
+-- blind and no daemon could renew its lease. Each lease that lapsed while it was blind, or runs
+-- out within one lease from now, then runs one full lease from now, under grace, and so does
+-- each unconfirmed claim with its own TTL. The first script after the outage does it, before
+-- its own work, so no read or sweep ever sees those lapses. No pulse key (no process has
+-- pulsed yet): nothing to compare with.
+local function grant_grace(blind_since)
+  local deadline = ctx.now + ctx.lease_ttl
+  local ids = redis.call('ZRANGEBYSCORE', ctx.leases, '(' .. blind_since, '(' .. deadline)
+  for _, id in ipairs(ids) do
+    local hash = hkey(id)
+    redis.call('ZADD', ctx.leases, deadline, id)
+    redis.call('ZADD', ctx.grace, deadline, id)
+    redis.call('HSET', hash, 'lease_expires_at', deadline, 'grace_until', deadline)
+    redis.call('SET', ctx.lease_prefix .. id, redis.call('HGET', hash, 'last_seen_at') or ctx.now,
+      'PX', ctx.lease_ttl)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', ctx.claims, '(' .. blind_since, '+inf')) do
+    local ttl = tonumber(redis.call('HGET', hkey(id), 'claim_ttl_ms')) or 0
+    local claim_deadline = ctx.now + ttl
+    if claim_deadline > tonumber(redis.call('ZSCORE', ctx.claims, id)) then
+      redis.call('ZADD', ctx.claims, claim_deadline, id)
+      redis.call('HSET', hkey(id), 'claim_expires_at', claim_deadline)
+    end
+  end
+  -- One event for the whole fleet (its provider_id is ""): one per provider would flush the feed.
+  emit('outage', '', ctx.now, {'blind_since', blind_since, 'leases', #ids})
+end
+
+if ctx.blind_after > 0 then
+  local pulse = tonumber(redis.call('GET', ctx.pulse))
+  if pulse and ctx.now - pulse > ctx.blind_after then
+    grant_grace(pulse)
+    redis.call('SET', ctx.pulse, ctx.now)
+  end
 end

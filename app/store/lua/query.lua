@@ -1,7 +1,7 @@
 -- Filter providers with set algebra in Redis, count them, and return one page.
--- KEYS[1..8] the registry's fixed keys (lib.lua)    KEYS[9..18] filter keys (select.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)    ARGV[7..16] filters (select.lua)
--- ARGV[17] page size    ARGV[18] cursor ID, or ""    ARGV[19] cursor sort value, or ""
+-- KEYS[1..10] the registry's fixed keys (lib.lua)    KEYS[11..20] filter keys (select.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)    ARGV[9..18] filters (select.lua)
+-- ARGV[19] page size    ARGV[20] cursor ID, or ""    ARGV[21] cursor sort value, or ""
 -- Returns {now_ms, total, has_more, {id, hash as a flat list, sort value}, ...}.
 local limit, cursor_id, cursor_value =
   tonumber(ARGV[F_ARGS + 1]), ARGV[F_ARGS + 2], ARGV[F_ARGS + 3]

@@ -1,8 +1,8 @@
 -- Write back a batch of providers from a snapshot, offline and without a lease, with every
 -- index and counter. A provider that exists already (it registered again after Redis lost its
 -- data) is merged by its last_seen_at: the newer one wins; a tie keeps the one in Redis.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
 -- then: p, and per provider: ID, n, n field/value pairs (status "offline", index_keys and
 --       summary among them);
 --       g, and per index key: the key, c, c score/ID pairs (the batch's members of that key);

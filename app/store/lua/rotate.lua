@@ -1,11 +1,11 @@
 -- Replace a provider's token hash, after checking the caller's token. Not a change of
 -- details, status or claim: no version bump, no event.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- ARGV[7] provider ID
--- ARGV[8] SHA-256 of the caller's provider token, which must equal the stored token_hash,
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- ARGV[9] provider ID
+-- ARGV[10] SHA-256 of the caller's provider token, which must equal the stored token_hash,
 --         or "" when the caller's role allows it without one (admin)
--- ARGV[9] SHA-256 of the new token
+-- ARGV[11] SHA-256 of the new token
 -- Returns 1 replaced, -1 no such provider, -2 the token does not match (nothing changed).
 local a = CTX_ARGS
 local id, expected, new_token = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]

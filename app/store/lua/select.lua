@@ -1,14 +1,14 @@
 -- Choosing providers by filters with set algebra, shared by query.lua and claim.lua
 -- (prepended after lib.lua). The filters `f` come from fixed ARGV and KEYS positions:
--- KEYS[9] GPU index of any model ("at least k GPUs"), when VRAM or a count is asked without
+-- KEYS[11] GPU index of any model ("at least k GPUs"), when VRAM or a count is asked without
 --         a model, or ""
--- KEYS[10] location index, or ""    KEYS[11..18] scratch keys, deleted before returning
--- ARGV[7] effective statuses wanted, comma-separated, or "" for any
--- ARGV[8] min VRAM in MB (0: none)    ARGV[9] min GPUs
--- ARGV[10] folded substring of the GPU model, or ""   ARGV[11] canonical exact model, or ""
--- ARGV[12] folded substring of the architecture, or ""   ARGV[13] canonical exact one, or ""
--- ARGV[14] "1" for healthy GPUs only    ARGV[15] sort: "", "vram", "gpus" or "last_seen"
--- ARGV[16] "1" for descending order
+-- KEYS[12] location index, or ""    KEYS[13..20] scratch keys, deleted before returning
+-- ARGV[9] effective statuses wanted, comma-separated, or "" for any
+-- ARGV[10] min VRAM in MB (0: none)    ARGV[11] min GPUs
+-- ARGV[12] folded substring of the GPU model, or ""   ARGV[13] canonical exact model, or ""
+-- ARGV[14] folded substring of the architecture, or ""   ARGV[15] canonical exact one, or ""
+-- ARGV[16] "1" for healthy GPUs only    ARGV[17] sort: "", "vram", "gpus" or "last_seen"
+-- ARGV[18] "1" for descending order
 local F_ARGS = CTX_ARGS + 10
 
 -- The canonical names in `catalog` whose folded name contains `needle` and that equal

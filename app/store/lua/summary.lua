@@ -1,8 +1,9 @@
 -- Capacity counters by effective status, without reading every provider: the counters kept by
 -- the writes, corrected for deadlines that passed and were not swept yet.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- Returns {now_ms, field, value, ...} with fields "<status>|<kind>|<name>".
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- Returns {now_ms, providers in outage grace, field, value, ...} with fields
+-- "<status>|<kind>|<name>".
 local counts = {}
 local flat = redis.call('HGETALL', ctx.counts)
 for i = 1, #flat, 2 do counts[flat[i]] = tonumber(flat[i + 1]) end
@@ -18,7 +19,7 @@ each_unsettled(function(_, h)
   end
 end)
 
-local out = {ctx.now}
+local out = {ctx.now, redis.call('ZCOUNT', ctx.grace, '(' .. ctx.now, '+inf')}
 for field, value in pairs(counts) do
   if value ~= 0 then
     out[#out + 1] = field

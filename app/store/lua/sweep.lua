@@ -1,7 +1,7 @@
 -- Turn lapsed leases and lapsed unconfirmed claims into transitions, a batch at a time.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- ARGV[7] batch size
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- ARGV[9] batch size
 -- Returns {now_ms, n, id, previous status, new status, ...} for each provider settled, where
 -- n is how many lapsed entries were found (a full batch means: call again).
 local batch = tonumber(ARGV[CTX_ARGS + 1])

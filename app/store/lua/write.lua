@@ -1,14 +1,14 @@
 -- Register a provider (create, or replace in place) or update its details, with every index,
 -- counter and event, in one atomic step.
--- KEYS[1..8] the registry's fixed keys (lib.lua)
--- ARGV[1..6] the registry's fixed arguments (lib.lua)
--- ARGV[7] provider ID    ARGV[8] mode: "register" or "update"    ARGV[9] lease TTL in ms
--- ARGV[10] status to set on register    ARGV[11] If-Match versions ("" for any)
--- ARGV[12] SHA-256 of a new provider token: stored when the provider is created, or replaced
+-- KEYS[1..10] the registry's fixed keys (lib.lua)
+-- ARGV[1..8] the registry's fixed arguments (lib.lua)
+-- ARGV[9] provider ID    ARGV[10] mode: "register" or "update"    ARGV[11] lease TTL in ms
+-- ARGV[12] status to set on register    ARGV[13] If-Match versions ("" for any)
+-- ARGV[14] SHA-256 of a new provider token: stored when the provider is created, or replaced
 --          by a caller that presented no token (admin); "" keeps the stored one
--- ARGV[13] credential check: "" none (the caller's role allows it), "!" the provider must not
+-- ARGV[15] credential check: "" none (the caller's role allows it), "!" the provider must not
 --          exist yet, else the SHA-256 that the stored token_hash must equal
--- ARGV[14] n, the number of detail fields, then n field/value pairs (a value "" removes the
+-- ARGV[16] n, the number of detail fields, then n field/value pairs (a value "" removes the
 --          field), then index key/score pairs to the end
 -- Returns {code, now_ms, the provider hash as a flat list}: code 1 created, 0 replaced or
 -- updated, -1 no such provider (update), -2 the credential check failed (nothing changed,
@@ -93,7 +93,7 @@ redis.call('ZADD', ctx.status_prefix .. status, 0, id)
 redis.call('HSET', hash, 'status', status)
 count(new_summary, status, 1)
 bucket_add(stems, id, status)
-renew_lease(id, ttl)
+renew_lease(id, ttl, h)
 bump(id, h)
 emit('registered', id, ctx.now, {'status', status, 'version', h.version,
   'reregistered', previous and '1' or '0'})
