@@ -316,6 +316,9 @@ def test_readme_documents_every_key_the_store_writes_and_no_other(client, provid
     # The background jobs' (app/jobs): the leader's lease, and the flag of a restore running.
     assert LeaderLease(redis_db, registry.store.keys.leader).step()
     DataSet(registry.store.keys).mark_restoring(redis_db, "leader", 5)
+    # An outage of the registry: its pulse stopped a minute ago (outage grace, lib.lua).
+    redis_db.set(registry.store.keys.pulse, registry.store.now_ms() - 60_000)
+    providers.get(body["id"])
     patterns = documented_key_patterns()
 
     keys = redis_db.keys("*")

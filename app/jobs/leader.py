@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from ..store.lock import standalone_script
+from ..store.scripts import standalone_script
 
 log = logging.getLogger(__name__)
 

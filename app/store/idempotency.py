@@ -24,7 +24,7 @@ import redis
 from ..errors import IdempotencyInProgress
 from ..keyring import new_token
 from .keys import Keys
-from .scripts import load_script, wrap_errors
+from .scripts import standalone_script, wrap_errors
 
 FENCED = "!fenced"
 WRITE_MARKER = "--@write"
@@ -133,8 +133,8 @@ class IdempotencyStore:
         self.keys = keys
         self.window_ms = int(window_s * 1000)
         self.in_flight_ms = int(in_flight_s * 1000)
-        self._begin = load_script(client, "idempotency_begin")
-        self._settle = load_script(client, "idempotency_settle")
+        self._begin = standalone_script(client, "idempotency_begin")
+        self._settle = standalone_script(client, "idempotency_settle")
         lua = resources.files(__package__).joinpath("lua")
         self._wrapper = lua.joinpath("idempotent.lua").read_text()
         # One fenced variant per write script, registered on first use.

@@ -5,21 +5,13 @@ import logging
 import secrets
 import threading
 import time
-from importlib import resources
 from types import TracebackType
-from typing import Any
 
 import redis
 
-from .scripts import wrap_errors
+from .scripts import standalone_script, wrap_errors
 
 log = logging.getLogger(__name__)
-
-
-def standalone_script(client: redis.Redis, name: str) -> Any:
-    """Register one of the lock scripts, which take only their own key."""
-    # Without lib.lua: a lock is no registry operation and takes none of its fixed keys.
-    return client.register_script(resources.files(__package__).joinpath("lua", f"{name}.lua").read_text())
 
 
 class LeaseLock:

@@ -52,6 +52,11 @@ def load_script(client: redis.Redis, name: str, *libs: str) -> Any:
     return client.register_script("\n".join(parts))
 
 
+def standalone_script(client: redis.Redis, name: str) -> Any:
+    """Register `name`.lua alone: a script that takes only its own keys, none of lib.lua's."""
+    return client.register_script(resources.files(__package__).joinpath("lua", f"{name}.lua").read_text())
+
+
 def pairs(flat: list[str]) -> dict[str, str]:
     """Turn a flat [field, value, ...] reply into a dict."""
     return dict(zip(flat[::2], flat[1::2]))
