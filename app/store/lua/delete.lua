@@ -15,14 +15,6 @@ if token ~= '' and redis.call('HGET', hkey(id), 'token_hash') ~= token then retu
 if not version_matches(h, if_match) then return {-3, tonumber(h.version) or 0} end
 settle(id, h)
 end_claim(id, h, 'deregistered')
-drop_indexes(h.index_keys, id)
-bucket_remove(h.bucket_stems, id, h.status)
-count(h.summary, h.status, -1)
-redis.call('ZREM', ctx.status_prefix .. h.status, id)
-redis.call('ZREM', ctx.leases, id)
-redis.call('ZREM', ctx.providers, id)
-redis.call('SREM', ctx.irregular, id)
-redis.call('ZREM', ctx.grace, id)
-redis.call('DEL', hkey(id), ctx.lease_prefix .. id)
+forget(id, h)
 emit('deregistered', id, ctx.now, {'previous_status', h.status})
 return {1, tonumber(h.version) or 0}

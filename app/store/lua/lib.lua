@@ -277,6 +277,19 @@ local function drop_indexes(index_keys, id)
   end
 end
 
+-- Take a provider out of every index, set and counter, and delete its keys (its events stay).
+local function forget(id, h)
+  drop_indexes(h.index_keys, id)
+  bucket_remove(h.bucket_stems, id, h.status)
+  count(h.summary, h.status, -1)
+  redis.call('ZREM', ctx.status_prefix .. h.status, id)
+  for _, index in ipairs({ctx.providers, ctx.leases, ctx.claims, ctx.grace}) do
+    redis.call('ZREM', index, id)
+  end
+  redis.call('SREM', ctx.irregular, id)
+  redis.call('DEL', hkey(id), ctx.lease_prefix .. id)
+end
+
 local function reply(id)
   return redis.call('HGETALL', hkey(id))
 end

@@ -27,15 +27,8 @@ for _ = 1, p do
       if ARGV[j] == 'last_seen_at' then seen_at = tonumber(ARGV[j + 1]) or 0 end
     end
     if seen_at > (tonumber(redis.call('HGET', hash, 'last_seen_at')) or 0) then
-      -- The snapshot's copy is newer: take the stale one out of everything, as delete.lua does.
-      drop_indexes(h.index_keys, id)
-      bucket_remove(h.bucket_stems, id, h.status)
-      count(h.summary, h.status, -1)
-      redis.call('ZREM', ctx.status_prefix .. h.status, id)
-      redis.call('ZREM', ctx.leases, id)
-      redis.call('ZREM', ctx.claims, id)
-      redis.call('SREM', ctx.irregular, id)
-      redis.call('DEL', hash, ctx.lease_prefix .. id)
+      -- The snapshot's copy is newer: take the stale one out of everything, as a delete does.
+      forget(id, h)
       h = nil
     end
   end
