@@ -23,9 +23,17 @@ bind = [f"{_settings.bind_host}:{_settings.port}"]
 workers = _settings.workers
 # gevent: a long poll of the event feed waits without holding a thread, so heartbeats never
 # queue behind waiting schedulers. gthread serves a long poll per thread.
-worker_class = _settings.worker_class
+# Each is gunicorn's own class, answering the requests gunicorn refuses in JSON (app/workers.py).
+worker_class = {
+    "gevent": "app.workers.JsonGeventWorker",
+    "gthread": "app.workers.JsonThreadWorker",
+    "sync": "app.workers.JsonSyncWorker",
+}[_settings.worker_class]
 threads = _settings.threads
-worker_connections = 1000
+# Bounds the connections (and file descriptors) a worker holds; slow clients are cut off by
+# body_timeout_s, and on gevent the request line and headers by keepalive (docs/RELIABILITY.md).
+worker_connections = _settings.worker_connections
+keepalive = 2
 # Access lines come from the app, as JSON with the request ID.
 accesslog = None
 
