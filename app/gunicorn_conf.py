@@ -24,10 +24,11 @@ workers = _settings.workers
 # gevent: a long poll of the event feed waits without holding a thread, so heartbeats never
 # queue behind waiting schedulers. gthread serves a long poll per thread.
 # Each is gunicorn's own class, answering the requests gunicorn refuses in JSON (app/workers.py).
+# gunicorn itself runs a sync worker with threads > 1 as gthread; so do we, with our subclass.
 worker_class = {
     "gevent": "app.workers.JsonGeventWorker",
     "gthread": "app.workers.JsonThreadWorker",
-    "sync": "app.workers.JsonSyncWorker",
+    "sync": "app.workers.JsonSyncWorker" if _settings.threads == 1 else "app.workers.JsonThreadWorker",
 }[_settings.worker_class]
 threads = _settings.threads
 # Bounds the connections (and file descriptors) a worker holds; slow clients are cut off by
