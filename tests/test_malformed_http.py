@@ -154,3 +154,24 @@ def test_a_header_that_never_ends_is_dropped(server: GunicornServer) -> None:
                 closed = True
                 break
     assert closed
+
+
+# gunicorn runs `sync` with more than one thread as gthread: sync itself needs threads 1.
+@pytest.mark.parametrize(("worker_class", "threads"), [("gthread", 4), ("sync", 1), ("sync", 4)])
+def test_thread_workers_refuse_in_json_and_time_out_a_stalled_body(
+    redis_server: RedisServer, worker_class: str, threads: int
+) -> None:
+    other = GunicornServer(redis_server.url, worker_class=worker_class, threads=threads, body_timeout_s=1)
+    other.start()
+    try:
+        status, headers, body = exchange(other, MALFORMED["nul_in_header_value"][0])
+        assert status == 400 and json_error(headers, body)["code"] == "bad_request"
+        status, headers, body = exchange(other, MALFORMED["over_long_header"][0])
+        assert status == 431 and json_error(headers, body)
+        # A body that stops arriving: on these workers the bound is per read (docs/RELIABILITY.md).
+        stalled = b"PUT /providers/00000000-0000-4000-8000-000000000000/status HTTP/1.1\r\n"
+        stalled += b"Host: registry\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{"
+        status, headers, body = exchange(other, stalled)
+        assert status == 408 and json_error(headers, body)["code"] == "request_timeout"
+    finally:
+        other.stop()
