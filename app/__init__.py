@@ -18,20 +18,20 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     app.config) imports neither Flask nor redis before gevent workers patch the standard
     library. The app connects to Redis lazily.
     """
-    from flask import Flask
-
     from .api import register_blueprints
     from .auth import install_auth
+    from .body import BodyDeadline
     from .bounds import install_bounds
     from .config import load_settings
     from .errors import register_error_handlers
     from .jsonprovider import use_orjson
     from .logs import install_request_logging
+    from .options import RegistryFlask
     from .ratelimit import install_rate_limits
     from .registry import EXTENSION, Registry
 
     settings = settings or load_settings()
-    app = Flask(__name__, static_folder=None)
+    app = RegistryFlask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     use_orjson(app)
     registry = app.extensions[EXTENSION] = Registry.from_settings(settings)
@@ -41,4 +41,6 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     install_auth(app, settings)
     install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
     register_blueprints(app)
+    # Outermost, so that every read of the body, whoever makes it, keeps to the deadline.
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
     return app

@@ -48,6 +48,12 @@ class Settings:
         default="gevent", metadata=_doc("gunicorn worker class: gevent (long polls wait cheaply), gthread or sync")
     )
     threads: int = field(default=8, metadata=_doc("threads per worker with worker_class gthread"))
+    worker_connections: int = field(
+        default=1000, metadata=_doc("connections each worker holds at once (gevent and gthread)")
+    )
+    body_timeout_s: float = field(
+        default=10.0, metadata=_doc("seconds a request body may take to arrive before a 408")
+    )
     log_level: str = field(
         default="info",
         metadata=_doc("debug, info, warning, error or critical; any case, and Go's warn, trace, fatal"),
@@ -304,6 +310,10 @@ def _check(settings: Settings) -> None:
         raise bad(f"events_max_len must be at least 1, got {settings.events_max_len}")
     if settings.threads < 1:
         raise bad(f"threads must be at least 1, got {settings.threads}")
+    if settings.worker_connections < 1:
+        raise bad(f"worker_connections must be at least 1, got {settings.worker_connections}")
+    if settings.body_timeout_s <= 0:
+        raise bad(f"body_timeout_s must be positive, got {settings.body_timeout_s}")
     if settings.database_url and urlsplit(settings.database_url).scheme not in ("postgresql", "postgres"):
         raise bad(
             "database_url must be a postgresql:// URL or empty, "

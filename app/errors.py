@@ -39,6 +39,20 @@ class MalformedJSON(RegistryError):
     code = "malformed_json"
 
 
+class MalformedBody(RegistryError):
+    """The body's framing is broken (a bad chunk size or terminator); the connection closes."""
+
+    status = 400
+    code = "malformed_body"
+
+
+class RequestTimeout(RegistryError):
+    """The body did not arrive within `body_timeout_s`; the connection closes."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(RegistryError):
     status = 415
     code = "unsupported_media_type"

@@ -25,9 +25,18 @@ bind = [_settings.bind_address()]
 workers = _settings.workers
 # gevent: a long poll of the event feed waits without holding a thread, so heartbeats never
 # queue behind waiting schedulers. gthread serves a long poll per thread.
-worker_class = _settings.worker_class
+# Each is gunicorn's own class, answering the requests gunicorn refuses in JSON (app/workers.py).
+# gunicorn itself runs a sync worker with threads > 1 as gthread; so do we, with our subclass.
+worker_class = {
+    "gevent": "app.workers.JsonGeventWorker",
+    "gthread": "app.workers.JsonThreadWorker",
+    "sync": "app.workers.JsonSyncWorker" if _settings.threads == 1 else "app.workers.JsonThreadWorker",
+}[_settings.worker_class]
 threads = _settings.threads
-worker_connections = 1000
+# Bounds the connections (and file descriptors) a worker holds; slow clients are cut off by
+# body_timeout_s, and on gevent the request line and headers by keepalive (docs/RELIABILITY.md).
+worker_connections = _settings.worker_connections
+keepalive = 2
 # Access lines come from the app, as JSON with the request ID.
 accesslog = None
 
