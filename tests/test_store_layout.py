@@ -1,4 +1,4 @@
-"""The Redis layout operators read with redis-cli, as the README documents it."""
+"""The Redis layout operators read with redis-cli, as docs/REDIS_KEYS.md documents it."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +21,7 @@ from app.store.migrations import migrate
 
 from .conftest import ADMIN_KEY, bearer_client, gpu, provider_body
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+KEY_LAYOUT = Path(__file__).resolve().parent.parent / "docs" / "REDIS_KEYS.md"
 
 
 def lapse(redis_db, provider_id: str) -> None:
@@ -271,28 +271,28 @@ def test_an_exact_model_query_reads_one_catalog_field_not_the_catalog(client, pr
     assert calls["hget"] == 1 and calls["hgetall"] == 2
 
 
-# ---- the README shows what the store writes --------------------------------------------------
+# ---- the key layout document shows what the store writes --------------------------------------------------
 
 
-def readme_section(title: str) -> str:
-    text = README.read_text()
+def layout_section(title: str) -> str:
+    text = KEY_LAYOUT.read_text()
     start = text.index(f"## {title}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else None]
 
 
 def documented_key_patterns() -> list[re.Pattern[str]]:
-    """The keys the README's layout table lists, as regexes (`<...>` is any non-empty part)."""
-    section = readme_section("Redis key layout")
+    """The keys the layout table lists, as regexes (`<...>` is any non-empty part)."""
+    section = layout_section("Redis key layout")
     names = sorted(set(re.findall(r"^\| `(registry:[^`]+)`", section, flags=re.M)))
-    assert names, "the README lists no keys"
+    assert names, "the key layout lists no keys"
     return [
         re.compile("[^ ]+".join(re.escape(part) for part in re.split(r"<[^>]+>", name)) + "$")
         for name in names
     ]
 
 
-def test_readme_documents_every_key_the_store_writes_and_no_other(client, providers, registry, redis_db):
+def test_the_layout_documents_every_key_the_store_writes_and_no_other(client, providers, registry, redis_db):
     body = providers.register(
         gpus=[gpu("A100", 40960, architecture="ampere"), gpu("H100", 81920, is_healthy=False)],
         location="eu-west",
@@ -330,9 +330,9 @@ def test_readme_documents_every_key_the_store_writes_and_no_other(client, provid
     assert unused == [p.pattern for p in patterns if "tmp" in p.pattern or "ratelimit" in p.pattern]
 
 
-def test_readme_hgetall_example_shows_the_stored_fields(providers, redis_db):
+def test_the_layout_hgetall_example_shows_the_stored_fields(providers, redis_db):
     body = providers.register()
-    section = readme_section("Redis key layout")
+    section = layout_section("Redis key layout")
     example = section[section.index("HGETALL registry:provider:") :]
     example = example[: example.index("```")]
     items = re.findall(r'^\s*(\d+)\) "(.*)"$', example, flags=re.M)
