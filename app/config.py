@@ -6,6 +6,7 @@ environment variable names and the type checks from that declaration.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -18,6 +19,13 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 ENV_PREFIX = "REGISTRY_"
+# REGISTRY_* variables that are not settings; any other one that names no setting stops startup.
+NON_SETTING_ENV = {
+    "REGISTRY_CONFIG": "path of the YAML configuration file",
+    "REGISTRY_URL": "the registry the client library and the operator CLI talk to",
+    "REGISTRY_KEY": "the service key the client library and the operator CLI send",
+    "REGISTRY_TEST_PG_ADMIN_URL": "the tests' PostgreSQL server (tests/conftest.py)",
+}
 DEFAULT_CONFIG_PATH = "configs/config.yaml"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Go loggers' spellings (logrus, zap), so that the original server's config loads as it is.
@@ -431,6 +439,31 @@ def _layer(items: Iterable[tuple[str, Any, str]]) -> dict[str, Any]:
     return layer
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Refuse a `REGISTRY_*` variable that names no setting, as a typo would.
+
+    Raises:
+        ConfigError: naming the closest known variable.
+    """
+    known = [ENV_PREFIX + name.upper() for name in _FIELDS]
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in NON_SETTING_ENV and name not in known:
+            # Compared without the prefix they all share, which would make any name look close.
+            stems = [k.removeprefix(ENV_PREFIX) for k in [*known, *NON_SETTING_ENV]]
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), stems, n=1, cutoff=0.6)
+            hint = f"; did you mean '{ENV_PREFIX}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown environment variable {name}{hint} "
+                f"(REGISTRY_<KEY> variables set settings; the others allowed are "
+                f"{', '.join(sorted(NON_SETTING_ENV))})"
+            )
+
+
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     """Return the path of the YAML file: `REGISTRY_CONFIG` or `configs/config.yaml`."""
     env = os.environ if env is None else env
@@ -469,7 +502,8 @@ def load_settings(
         raise ConfigError(f"config {path} must be a mapping of keys to values")
     for key in loaded:
         if key not in _FIELDS:
-            raise ConfigError(f"unknown key {key!r} in {path}")
+            raise ConfigError(f"unknown key {key!r} in {path}{_did_you_mean(str(key), _FIELDS)}")
+    _check_env_names(env)
     values |= _layer((key, value, str(path)) for key, value in loaded.items())
 
     values |= _layer(
