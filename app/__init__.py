@@ -27,6 +27,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from .errors import register_error_handlers
     from .jsonprovider import use_orjson
     from .logs import install_request_logging
+    from .metrics import install_metrics
     from .ratelimit import install_rate_limits
     from .registry import EXTENSION, Registry
 
@@ -41,4 +42,5 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     install_auth(app, settings)
     install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
     register_blueprints(app)
+    install_metrics(app, settings)
     return app

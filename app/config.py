@@ -27,6 +27,7 @@ NON_SETTING_ENV = {
     "REGISTRY_TEST_PG_ADMIN_URL": "the tests' PostgreSQL server (tests/conftest.py)",
 }
 DEFAULT_CONFIG_PATH = "configs/config.yaml"
+METRICS_AUTH = ("read", "metrics", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Go loggers' spellings (logrus, zap), so that the original server's config loads as it is.
 LOG_LEVEL_ALIASES = {
@@ -115,10 +116,14 @@ class Settings:
     )
     api_keys: list[dict[str, Any]] = field(
         default_factory=list,
-        metadata=_doc("service keys: each {name, sha256 of the key, roles: [read|schedule|register|admin]}"),
+        metadata=_doc("service keys: each {name, sha256 of the key, roles: [read|schedule|register|admin|metrics]}"),
     )
     api_keys_file: str = field(
         default="", metadata=_doc("YAML or JSON file with more service keys, in the api_keys shape")
+    )
+    metrics_auth: str = field(
+        default="read",
+        metadata=_doc("who may scrape /metrics: read (a read or metrics key), metrics (a metrics key only) or none (anyone)"),
     )
     rate_limit_enabled: bool = field(default=True, metadata=_doc("answer 429 past the limits below"))
     rate_limit_per_client: str = field(
@@ -323,6 +328,8 @@ def _check(settings: Settings) -> None:
         raise bad(f"snapshot_interval_s must be 0 or more, got {settings.snapshot_interval_s}")
     if settings.snapshot_retention_days < 0:
         raise bad(f"snapshot_retention_days must be 0 or more, got {settings.snapshot_retention_days}")
+    if settings.metrics_auth not in METRICS_AUTH:
+        raise bad(f"metrics_auth must be one of {', '.join(METRICS_AUTH)}, got {settings.metrics_auth!r}")
     _check_consul(settings)
     _check_trust(settings)
 

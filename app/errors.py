@@ -5,7 +5,7 @@ import logging
 import re
 from typing import Any
 
-from flask import Flask, current_app, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect, UUIDConverter
 
@@ -158,6 +158,7 @@ def error_response(
 ) -> tuple[Any, int]:
     """Build the JSON error body every failure uses; `details` is always an object."""
     # One shape for every error, so that clients decode it without checking for the key.
+    g.error_code = code  # for the request metrics (app/metrics.py): refusals by reason
     return jsonify({"error": message, "code": code, "details": details or {}}), status
 
 

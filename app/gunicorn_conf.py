@@ -15,11 +15,14 @@ import sys
 
 from gunicorn.glogging import Logger
 
+from app import multiproc
 from app.cli import settings_or_exit
 from app.jobs.instance import InstanceLock, instance_lock_path
 from app.version import package_version
 
 _settings = settings_or_exit()
+# Before any worker forks: each inherits the directory its metrics go to (app/metrics.py).
+multiproc.prepare()
 
 bind = [_settings.bind_address()]
 workers = _settings.workers
@@ -154,8 +157,14 @@ def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
         server.log.info("worker %s closed its redis connections", worker.pid)
 
 
+def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """Drop the live gauges of a worker that exited (its counters still count)."""
+    multiproc.worker_gone(worker.pid)
+
+
 def on_exit(server) -> None:  # type: ignore[no-untyped-def]
-    """Stop the Consul process with the master, if a stop signal has not already."""
+    """Stop the Consul process with the master, if a stop signal has not already; drop the metrics."""
+    multiproc.remove()
     if _jobs is not None and _jobs.poll() is None:
         _jobs.terminate()
         try:

@@ -210,6 +210,11 @@ OPERATIONS: dict[str, Operation] = {
         rate_limited=False,
         responses={200: Response("This document", {"type": "object"})},
     ),
+    "app.metrics.scrape": Operation(
+        tag="operations",
+        responses={200: Response("Prometheus metrics, text format 0.0.4 (docs/METRICS.md)",
+                                 {"type": "string"}, media_type="text/plain")},
+    ),
     "app.api.contract.docs": Operation(
         tag="contract",
         uses_store=False,
