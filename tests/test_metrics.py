@@ -233,3 +233,24 @@ def heartbeats_by_worker(server: GunicornServer) -> dict[int, float]:
                     total += value
         counts[pid] = total
     return counts
+
+
+def test_the_grafana_dashboard_uses_only_names_the_registry_exports(make_app: Callable[..., Flask]) -> None:
+    import json
+    import re
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bregistry_[a-z_]+", target["expr"])
+    }
+    app = make_app()
+    from app.metrics import snapshot_taken
+
+    snapshot_taken(1.0)  # the snapshot series exist once one was taken
+    Providers(app.test_client()).register()  # and the GPU ones once a GPU is registered
+    exported = set(scrape(app.test_client()))
+    names = {name for name, _ in exported}
+    assert used - names == set()
