@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,snapshot,local-redis]'
+	$(BIN)/pip install --quiet -e '.[test,snapshot,local-redis,client]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## serve on the configured port; starts a local redis-server if none answers
