@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, Settings, load_settings
+from .opscli import add_commands as add_http_commands
 
 
 def settings_or_exit() -> Settings:
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--force", action="store_true", help="replace every provider Redis holds")
     rest.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     rest.set_defaults(func=_snapshot_command)
+    add_http_commands(commands)
     return parser
 
 
