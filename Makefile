@@ -12,8 +12,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,snapshot,local-redis,client]'
 	touch $(STAMP)
 
-run: $(STAMP)  ## serve on the configured port; starts a local redis-server if none answers
-	$(BIN)/provider-registry serve --local-redis
+run: $(STAMP)  ## serve on the configured port; starts a local redis-server if none answers; a first admin key if none
+	$(BIN)/provider-registry serve --local-redis --first-run-key
 
 test: $(STAMP)  ## the whole suite, against private redis-server and PostgreSQL database
 	$(BIN)/pytest

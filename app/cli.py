@@ -26,6 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
+    if args.first_run_key:
+        from .firstrun import ensure_first_run_key
+
+        ensure_first_run_key(settings)
     if args.local_redis:
         # Only here: importing redis (and so ssl) in the master makes gevent workers warn that
         # they patch ssl too late.
@@ -131,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--local-redis",
         action="store_true",
         help="start a local redis-server when none answers at redis_url",
+    )
+    serve.add_argument(
+        "--first-run-key",
+        action="store_true",
+        help="when no service key is configured, make an admin key once (var/keys.yaml); what `make run` does",
     )
     serve.set_defaults(func=_serve)
     jobs = commands.add_parser(
