@@ -24,6 +24,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from .auth import install_auth
     from .bounds import install_bounds
     from .config import load_settings
+    from .dashboard import install_dashboard
     from .errors import register_error_handlers
     from .jsonprovider import use_orjson
     from .logs import install_request_logging
@@ -43,4 +44,5 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
     register_blueprints(app)
     install_metrics(app, settings)
+    install_dashboard(app)
     return app

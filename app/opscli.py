@@ -111,7 +111,7 @@ def _list(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(providers)
             return 0
-        rows = [[p["id"], p["name"], p["status"], p.get("location") or "", _gpus(p), p.get("last_seen") or ""]
+        rows = [[p["id"], p["name"], p["status"], p.get("location") or "", _gpus(p), p.get("last_seen_at") or ""]
                 for p in providers]
         print(table(rows, ["ID", "NAME", "STATUS", "LOCATION", "GPUS", "LAST SEEN"]))
         return 0
@@ -126,7 +126,7 @@ def _show(args: argparse.Namespace) -> int:
             _print_json(provider)
             return 0
         for name in ("id", "name", "status", "owner_id", "hostname", "ip_address", "location",
-                     "last_seen", "lease_expires_at", "version"):
+                     "liveness", "registered_at", "last_seen_at", "lease_expires_at", "version"):
             if provider.get(name) is not None:
                 print(f"{name + ':':<18}{provider[name]}")
         for gpu in provider.get("gpus", []):
