@@ -21,8 +21,6 @@ from app.jobs.instance import InstanceLock, instance_lock_path
 from app.version import package_version
 
 _settings = settings_or_exit()
-# Before any worker forks: each inherits the directory its metrics go to (app/metrics.py).
-multiproc.prepare()
 
 bind = [_settings.bind_address()]
 workers = _settings.workers
@@ -84,6 +82,11 @@ def bound_port(server) -> int:  # type: ignore[no-untyped-def]
         if isinstance(address, tuple):
             return int(address[1])
     return _settings.port
+
+
+def on_starting(server) -> None:  # type: ignore[no-untyped-def]
+    """Make the instance's metrics directory, which every worker inherits (app/metrics.py)."""
+    multiproc.prepare()
 
 
 def when_ready(server) -> None:  # type: ignore[no-untyped-def]

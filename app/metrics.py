@@ -25,6 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .auth import requires
 from .errors import StoreUnavailable
+from .multiproc import MULTIPROC_ENV
 from .registry import Registry, current_registry
 
 if TYPE_CHECKING:
@@ -33,11 +34,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 # Long polls of the change feed last up to 30 s: the last buckets keep them apart.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+# prometheus-client picks file-backed values when it is first imported with the variable set:
+# decided once, the same way, so that a variable set later cannot hide this process's counts.
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 
 REQUESTS = Counter(
     "registry_http_requests", "HTTP requests answered, by route (the URL rule), method and status",
@@ -154,7 +158,7 @@ class _Families:
 
 def scrape() -> Response:
     """Return every metric in Prometheus's text format: counters of every worker, fleet gauges."""
-    if os.environ.get(MULTIPROC_ENV):
+    if MULTIPROCESS:
         source = CollectorRegistry()
         MultiProcessCollector(source)
     else:
