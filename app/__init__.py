@@ -23,9 +23,11 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from .body import BodyDeadline
     from .bounds import install_bounds
     from .config import load_settings
+    from .dashboard import install_dashboard
     from .errors import register_error_handlers
     from .jsonprovider import use_orjson
     from .logs import install_request_logging
+    from .metrics import install_metrics
     from .options import RegistryFlask
     from .ratelimit import install_rate_limits
     from .registry import EXTENSION, Registry
@@ -41,6 +43,8 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     install_auth(app, settings)
     install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
     register_blueprints(app)
+    install_metrics(app, settings)
+    install_dashboard(app)
     # Outermost, so that every read of the body, whoever makes it, keeps to the deadline.
     app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
     return app

@@ -119,9 +119,11 @@ def presented_hash() -> str | None:
     return digest
 
 
-def authenticate(*, provider: bool) -> Principal:
+def authenticate(*, provider: bool, roles: tuple[str, ...] = ()) -> Principal:
     """Return the caller; with `provider`, an unknown bearer is taken as a provider token.
 
+    Args:
+        roles: the roles the route admits, named in the answer to a credential it refuses.
     Raises:
         Unauthorized: no credential, or one that is neither a service key nor (when
             `provider`) a candidate provider token.
@@ -137,7 +139,26 @@ def authenticate(*, provider: bool) -> Principal:
         return Principal(kind="key", name=key.name, roles=key.roles)
     if provider:
         return Principal(kind="provider", name="", roles=frozenset(), token_hash=digest)
-    raise Unauthorized("the credential is not valid", invalid=True)
+    # A provider token would be known valid only after a lookup by its hash, which no index
+    # serves (a token is stored in its provider's hash, found by the ID the request names).
+    # So the answer stays 401, but says what the route takes: a provider token here is told it
+    # needs a service key, not that it is garbage.
+    raise Unauthorized(
+        f"the credential is not a service key: this route needs a service key with the "
+        f"{role_phrase(roles)}; provider tokens are not accepted here",
+        invalid=True,
+        details={"required_roles": admitting_roles(roles), "provider_token_accepted": False},
+    )
+
+
+def admitting_roles(roles: tuple[str, ...]) -> list[str]:
+    """Return every role that admits a key to a route declared with `roles` (admin always)."""
+    return list(dict.fromkeys((*roles, "admin")))
+
+
+def role_phrase(roles: tuple[str, ...]) -> str:
+    """Name the roles a route needs, for an error message: "read or admin role"."""
+    return f"{' or '.join(admitting_roles(roles))} role"
 
 
 def requires(*roles: str, provider: bool = False) -> Callable[[F], F]:
@@ -155,11 +176,20 @@ def requires(*roles: str, provider: bool = False) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            principal = authenticate(provider=provider)
+            principal = authenticate(provider=provider, roles=roles)
             if principal.kind == "key" and not any(principal.has(r) for r in roles or ("admin",)):
-                needed = " or ".join(roles or ("admin",))
-                what = f"{needed} role" if roles else "admin role or the provider's own token"
-                raise Forbidden(f"the key {principal.name!r} lacks the {what}")
+                what = role_phrase(roles)
+                if provider:
+                    what += " or the provider's own token"
+                raise Forbidden(
+                    f"the key {principal.name!r} lacks the {what} this route needs; "
+                    f"it holds {', '.join(sorted(principal.roles))}",
+                    details={
+                        "required_roles": admitting_roles(roles),
+                        "provider_token_accepted": provider,
+                        "key_roles": sorted(principal.roles),
+                    },
+                )
             g.principal = principal
             try:
                 return view(*args, **kwargs)

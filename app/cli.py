@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, Settings, load_settings
+from .opscli import add_commands as add_http_commands
 
 
 def settings_or_exit() -> Settings:
@@ -25,6 +26,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = settings_or_exit()
     configure_logging(settings.log_level)
+    if args.first_run_key:
+        from .firstrun import ensure_first_run_key
+
+        ensure_first_run_key(settings)
     if args.local_redis:
         # Only here: importing redis (and so ssl) in the master makes gevent workers warn that
         # they patch ssl too late.
@@ -131,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start a local redis-server when none answers at redis_url",
     )
+    serve.add_argument(
+        "--first-run-key",
+        action="store_true",
+        help="when no service key is configured, make an admin key once (var/keys.yaml); what `make run` does",
+    )
     serve.set_defaults(func=_serve)
     jobs = commands.add_parser(
         "jobs", help="keep the instance registered in Consul (the gunicorn master starts this)"
@@ -163,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--force", action="store_true", help="replace every provider Redis holds")
     rest.add_argument("--dry-run", action="store_true", help="say what would happen; change nothing")
     rest.set_defaults(func=_snapshot_command)
+    add_http_commands(commands)
     return parser
 
 

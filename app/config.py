@@ -6,6 +6,7 @@ environment variable names and the type checks from that declaration.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -18,7 +19,15 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 ENV_PREFIX = "REGISTRY_"
+# REGISTRY_* variables that are not settings; any other one that names no setting stops startup.
+NON_SETTING_ENV = {
+    "REGISTRY_CONFIG": "path of the YAML configuration file",
+    "REGISTRY_URL": "the registry the client library and the operator CLI talk to",
+    "REGISTRY_KEY": "the service key the client library and the operator CLI send",
+    "REGISTRY_TEST_PG_ADMIN_URL": "the tests' PostgreSQL server (tests/conftest.py)",
+}
 DEFAULT_CONFIG_PATH = "configs/config.yaml"
+METRICS_AUTH = ("read", "metrics", "none")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Go loggers' spellings (logrus, zap), so that the original server's config loads as it is.
 LOG_LEVEL_ALIASES = {
@@ -113,10 +122,14 @@ class Settings:
     )
     api_keys: list[dict[str, Any]] = field(
         default_factory=list,
-        metadata=_doc("service keys: each {name, sha256 of the key, roles: [read|schedule|register|admin]}"),
+        metadata=_doc("service keys: each {name, sha256 of the key, roles: [read|schedule|register|admin|metrics]}"),
     )
     api_keys_file: str = field(
         default="", metadata=_doc("YAML or JSON file with more service keys, in the api_keys shape")
+    )
+    metrics_auth: str = field(
+        default="read",
+        metadata=_doc("who may scrape /metrics: read (a read or metrics key), metrics (a metrics key only) or none (anyone)"),
     )
     rate_limit_enabled: bool = field(default=True, metadata=_doc("answer 429 past the limits below"))
     rate_limit_per_client: str = field(
@@ -325,6 +338,8 @@ def _check(settings: Settings) -> None:
         raise bad(f"snapshot_interval_s must be 0 or more, got {settings.snapshot_interval_s}")
     if settings.snapshot_retention_days < 0:
         raise bad(f"snapshot_retention_days must be 0 or more, got {settings.snapshot_retention_days}")
+    if settings.metrics_auth not in METRICS_AUTH:
+        raise bad(f"metrics_auth must be one of {', '.join(METRICS_AUTH)}, got {settings.metrics_auth!r}")
     _check_consul(settings)
     _check_trust(settings)
 
@@ -441,6 +456,31 @@ def _layer(items: Iterable[tuple[str, Any, str]]) -> dict[str, Any]:
     return layer
 
 
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """Refuse a `REGISTRY_*` variable that names no setting, as a typo would.
+
+    Raises:
+        ConfigError: naming the closest known variable.
+    """
+    known = [ENV_PREFIX + name.upper() for name in _FIELDS]
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in NON_SETTING_ENV and name not in known:
+            # Compared without the prefix they all share, which would make any name look close.
+            stems = [k.removeprefix(ENV_PREFIX) for k in [*known, *NON_SETTING_ENV]]
+            close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), stems, n=1, cutoff=0.6)
+            hint = f"; did you mean '{ENV_PREFIX}{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"unknown environment variable {name}{hint} "
+                f"(REGISTRY_<KEY> variables set settings; the others allowed are "
+                f"{', '.join(sorted(NON_SETTING_ENV))})"
+            )
+
+
 def config_path(env: Mapping[str, str] | None = None) -> Path:
     """Return the path of the YAML file: `REGISTRY_CONFIG` or `configs/config.yaml`."""
     env = os.environ if env is None else env
@@ -479,7 +519,8 @@ def load_settings(
         raise ConfigError(f"config {path} must be a mapping of keys to values")
     for key in loaded:
         if key not in _FIELDS:
-            raise ConfigError(f"unknown key {key!r} in {path}")
+            raise ConfigError(f"unknown key {key!r} in {path}{_did_you_mean(str(key), _FIELDS)}")
+    _check_env_names(env)
     values |= _layer((key, value, str(path)) for key, value in loaded.items())
 
     values |= _layer(

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect, UUIDConverter
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +106,13 @@ class Unauthorized(RegistryError):
     status = 401
     code = "unauthorized"
 
-    def __init__(self, message: str, *, invalid: bool = False) -> None:
+    def __init__(
+        self, message: str, *, invalid: bool = False, details: dict[str, Any] | None = None
+    ) -> None:
         challenge = f'Bearer realm="{AUTH_REALM}"'
         if invalid:
             challenge += ', error="invalid_token"'
-        super().__init__(message, headers={"WWW-Authenticate": challenge})
+        super().__init__(message, details=details, headers={"WWW-Authenticate": challenge})
 
 
 class Forbidden(RegistryError):
@@ -168,7 +172,36 @@ def error_response(
 ) -> tuple[Any, int]:
     """Build the JSON error body every failure uses; `details` is always an object."""
     # One shape for every error, so that clients decode it without checking for the key.
+    g.error_code = code  # for the request metrics (app/metrics.py): refusals by reason
     return jsonify({"error": message, "code": code, "details": details or {}}), status
+
+
+# A path that names a provider: /providers/<id>[/...], at the root or under /api/v1.
+_PROVIDER_PATH = re.compile(r"^((?:/api/v1)?/providers/)([^/]+)(/.*)?$")
+_UUID = re.compile(UUIDConverter.regex)
+_ANY_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def malformed_provider_id() -> str | None:
+    """Return the path's provider ID when it is not a UUID but a UUID there would match a route.
+
+    Called on a 404 only: the route's `uuid` converter refused the segment, so Werkzeug knows
+    no more than "not found"; trying the same path with a UUID in its place tells the cases apart.
+    """
+    found = _PROVIDER_PATH.match(request.path)
+    if found is None or _UUID.fullmatch(found.group(2)):
+        return None
+    probe = f"{found.group(1)}{_ANY_ID}{found.group(3) or ''}"
+    adapter = current_app.create_url_adapter(request)
+    if adapter is None:
+        return None
+    try:
+        adapter.match(probe, method=request.method)
+    except MethodNotAllowed:
+        return found.group(2)  # a route exists there, for other methods
+    except (NotFound, RequestRedirect):
+        return None
+    return found.group(2)
 
 
 def _http_code(exc: HTTPException) -> str:
@@ -188,9 +221,16 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         status = exc.code or 500
         message = exc.description or exc.name
+        code = _http_code(exc)
         if status == 413:
             message = f"request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes"
-        response, status = error_response(status, _http_code(exc), message)
+        if status == 404 and (given := malformed_provider_id()) is not None:
+            code = ProviderNotFound.code
+            message = (
+                f"no provider has ID {given[:64]!r}: provider IDs are UUIDs "
+                "(such as 3f2b8c1e-5d4a-4e6b-9c7d-1a2b3c4d5e6f)"
+            )
+        response, status = error_response(status, code, message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response, status

@@ -15,6 +15,7 @@ import sys
 
 from gunicorn.glogging import Logger
 
+from app import multiproc
 from app.cli import settings_or_exit
 from app.jobs.instance import InstanceLock, instance_lock_path
 from app.version import package_version
@@ -92,6 +93,11 @@ def bound_port(server) -> int:  # type: ignore[no-untyped-def]
     return _settings.port
 
 
+def on_starting(server) -> None:  # type: ignore[no-untyped-def]
+    """Make the instance's metrics directory, which every worker inherits (app/metrics.py)."""
+    multiproc.prepare()
+
+
 def when_ready(server) -> None:  # type: ignore[no-untyped-def]
     """Log the configuration, start the Consul process once, and leave Consul first on stop."""
     global _jobs, _left_consul
@@ -163,8 +169,14 @@ def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
         server.log.info("worker %s closed its redis connections", worker.pid)
 
 
+def child_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """Drop the live gauges of a worker that exited (its counters still count)."""
+    multiproc.worker_gone(worker.pid)
+
+
 def on_exit(server) -> None:  # type: ignore[no-untyped-def]
-    """Stop the Consul process with the master, if a stop signal has not already."""
+    """Stop the Consul process with the master, if a stop signal has not already; drop the metrics."""
+    multiproc.remove()
     if _jobs is not None and _jobs.poll() is None:
         _jobs.terminate()
         try:

@@ -18,7 +18,8 @@ import yaml
 if TYPE_CHECKING:
     from .config import Settings
 
-ROLES = ("read", "schedule", "register", "admin")
+# `metrics` reads /metrics and nothing else (see the metrics_auth setting).
+ROLES = ("read", "schedule", "register", "admin", "metrics")
 TOKEN_BYTES = 32  # 256 bits
 
 

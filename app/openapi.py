@@ -210,6 +210,29 @@ OPERATIONS: dict[str, Operation] = {
         rate_limited=False,
         responses={200: Response("This document", {"type": "object"})},
     ),
+    "app.metrics.scrape": Operation(
+        tag="operations",
+        responses={200: Response("Prometheus metrics, text format 0.0.4 (docs/METRICS.md)",
+                                 {"type": "string"}, media_type="text/plain")},
+    ),
+    "app.dashboard.page": Operation(
+        tag="operations",
+        uses_store=False,
+        rate_limited=False,
+        responses={200: Response("The live dashboard page (docs/DASHBOARD.md)", {"type": "string"}, media_type="text/html")},
+    ),
+    "app.dashboard.script": Operation(
+        tag="operations",
+        uses_store=False,
+        rate_limited=False,
+        responses={200: Response("The dashboard's script", {"type": "string"}, media_type="text/javascript")},
+    ),
+    "app.dashboard.stylesheet": Operation(
+        tag="operations",
+        uses_store=False,
+        rate_limited=False,
+        responses={200: Response("The dashboard's stylesheet", {"type": "string"}, media_type="text/css")},
+    ),
     "app.api.contract.docs": Operation(
         tag="contract",
         uses_store=False,

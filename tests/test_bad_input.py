@@ -265,7 +265,7 @@ def test_body_over_64_kib_without_content_length_is_413(app, unchanged):
 
 
 @pytest.mark.parametrize(
-    "path", ["/nope", "/providers/not-a-uuid", "/api/v2/providers", "/providers/", "/api/v1/health"]
+    "path", ["/nope", "/providers/not-a-uuid/nope", "/api/v2/providers", "/providers/", "/api/v1/health"]
 )
 def test_unknown_route_is_404_json(client, path):
     assert_error(client.get(path), 404, "not_found")

@@ -12,7 +12,7 @@ import pytest
 import requests
 import yaml
 
-from app.config import ConfigError, Settings, config_path, default_yaml, load_settings
+from app.config import NON_SETTING_ENV, ConfigError, Settings, config_path, default_yaml, load_settings
 
 from .conftest import wait_until
 from .redis_server import free_port
@@ -152,6 +152,7 @@ BAD_FILES = [
     ("not_yaml", "port: [8080\n", "not valid YAML"),
     ("not_a_mapping", "- port\n- 8080\n", "must be a mapping"),
     ("unknown_key", "colour: red\n", "unknown key 'colour'"),
+    ("misspelt_key", "heartbeat_tll_s: 5\n", "did you mean 'heartbeat_ttl_s'"),
     ("wrong_type", "workers: many\n", "workers"),
     ("list_for_string", "service_name: [a, b]\n", "service_name"),
     ("not_utf8", b"service_name: \xff\xfe\n", "not UTF-8"),
@@ -207,8 +208,9 @@ def test_bad_file_is_a_config_error(tmp_path, text, mention):
         ("serve", {"REGISTRY_PORT": "http"}, "port"),
         ("serve", {"REGISTRY_HEARTBEAT_TTL_S": "inf"}, "heartbeat_ttl_s"),
         ("jobs", {"REGISTRY_REDIS_URL": "http://127.0.0.1:6379"}, "redis_url"),
+        ("serve", {"REGISTRY_PORTT": "1"}, "did you mean 'REGISTRY_PORT'"),
     ],
-    ids=["serve_port", "serve_ttl_infinite", "jobs_redis_url"],
+    ids=["serve_port", "serve_ttl_infinite", "jobs_redis_url", "serve_misspelt_variable"],
 )
 def test_cli_exits_2_with_one_line_on_a_bad_variable(tmp_path, command, env, mention):
     assert_one_line_exit_2(run_cli(tmp_path, env, command), mention)
@@ -362,3 +364,43 @@ def test_serve_starts_from_the_original_config_on_its_go_style_port(tmp_path, re
             process.kill()
             process.wait(timeout=10)
     assert path.read_text() == GO_CONFIG.format(port=f":{port}")
+
+
+# -- REGISTRY_* variables that name no setting --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, suggestion",
+    [
+        ("REGISTRY_PORTT", "REGISTRY_PORT"),
+        ("REGISTRY_HEARTBEAT_TTL", "REGISTRY_HEARTBEAT_TTL_S"),
+        ("REGISTRY_REDIS_ULR", "REGISTRY_REDIS_URL"),
+        ("REGISTRY_CONFIGG", "REGISTRY_CONFIG"),
+    ],
+)
+def test_an_unknown_registry_variable_stops_startup_naming_the_closest(tmp_path, name, suggestion):
+    with pytest.raises(ConfigError, match=f"unknown environment variable {name}; did you mean '{suggestion}'"):
+        load_settings(path=tmp_path / "config.yaml", env={name: "1"})
+
+
+def test_an_unknown_variable_far_from_any_name_is_refused_without_a_guess(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown environment variable REGISTRY_ZZZ \(") as caught:
+        load_settings(path=tmp_path / "config.yaml", env={"REGISTRY_ZZZ": "1"})
+    assert "did you mean" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", sorted(NON_SETTING_ENV))
+def test_variables_that_are_not_settings_are_allowed(tmp_path, name):
+    load_settings(path=tmp_path / "config.yaml", env={name: str(tmp_path / "config.yaml")})
+
+
+def test_every_registry_variable_the_repository_names_is_a_setting_or_listed():
+    root = Path(__file__).resolve().parent.parent
+    named: set[str] = set()
+    for path in [*root.glob("*.md"), *root.glob("docs/*.md"), *root.glob("app/**/*.py"),
+                 *root.glob("tests/*.py"), *root.glob("bench/*.py"), root / "Makefile",
+                 root / "Dockerfile", root / "docker-compose.yml"]:
+        if path.is_file() and path.name != "test_config.py":  # this file names typos on purpose
+            named |= set(re.findall(r"\bREGISTRY_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    settings = {f"REGISTRY_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    assert named - settings - set(NON_SETTING_ENV) == set()

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, jsonify
 
 from ..auth import provider_token_hash, requires
 from ..idempotency import idempotent
+from ..metrics import CLAIMS_GRANTED, CLAIMS_RELEASED
 from ..models import Provider, rfc3339
 from ..registry import current_registry
 from ..schemas import ClaimIdSchema, ClaimSchema
@@ -26,6 +27,7 @@ def claim() -> Response:
     granted = current_registry().claims.claim(
         filters_from(data), data["count"], data["claim_ttl_s"], data["claimant"]
     )
+    CLAIMS_GRANTED.inc(len(granted.providers))
     return jsonify(
         {
             "claim_id": granted.claim_id,
@@ -63,6 +65,6 @@ def confirm(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
 def release(provider_id: uuid.UUID) -> tuple[Response, int, dict[str, str]]:
     """End a claim; the provider is idle again."""
     claim_id = str(json_body(CLAIM_ID)["claim_id"])
-    return _claim_reply(
-        *current_registry().claims.release(str(provider_id), claim_id, provider_token_hash())
-    )
+    released = current_registry().claims.release(str(provider_id), claim_id, provider_token_hash())
+    CLAIMS_RELEASED.inc()
+    return _claim_reply(*released)

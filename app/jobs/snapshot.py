@@ -14,6 +14,7 @@ from typing import Callable
 
 from ..config import Settings
 from ..errors import StoreUnavailable
+from ..metrics import snapshot_taken
 from ..store import ProviderStore
 from .sweeper import always
 
@@ -47,6 +48,7 @@ class SnapshotJob:
                 due_after_s=self.settings.snapshot_interval_s * DUE_SHARE,
             )
             if taken is not None:
+                snapshot_taken(taken.duration_s)
                 log.info(taken.summary(), extra={"snapshot_id": taken.snapshot_id, "providers": taken.providers})
         except LockBusy:
             log.debug("snapshot skipped: another instance holds the lock")

@@ -10,6 +10,7 @@ import threading
 from typing import Callable
 
 from ..errors import StoreUnavailable
+from ..metrics import swept
 from ..models import Transition
 from ..store import ProviderStore
 from ..store.migrations import migrate
@@ -55,6 +56,7 @@ class Sweeper:
                         "status": t.status,
                     },
                 )
+            swept(batch)
             transitions += batch
             if not more:
                 return transitions

@@ -15,6 +15,13 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def store_failed(code: str) -> None:
+    """Count a Redis failure in the metrics (imported when first needed: app.metrics imports the store)."""
+    from ..metrics import store_failed as count
+
+    count(code)
+
+
 def never_sent(exc: redis.RedisError) -> bool:
     """Tell whether a Redis failure happened while connecting, before any command was sent.
 
@@ -36,9 +43,12 @@ def wrap_errors(method: F) -> F:
             log.debug("redis unavailable", extra={"error": str(exc)})
             # A sent command may still run (a paused Redis reads it when it resumes): the
             # client must be told the outcome is unknown, not that nothing happened.
-            raise (StoreUnavailable() if never_sent(exc) else StoreTimeout()) from exc
+            error = StoreUnavailable() if never_sent(exc) else StoreTimeout()
+            store_failed(error.code)
+            raise error from exc
         except redis.RedisError as exc:
             log.error("redis error", extra={"error": str(exc)}, exc_info=True)
+            store_failed(StoreUnavailable.code)
             raise StoreUnavailable(f"the registry's store failed: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]

@@ -52,3 +52,19 @@ class CapacityStore:
             "by_gpu_model": dict(sorted(models.items())),
             "by_location": dict(sorted(locations.items())),
         }
+
+    @wrap_errors
+    def sweeper_lag_s(self) -> float:
+        """Return how long ago the earliest lease deadline still in the leases index passed.
+
+        The sweeper removes a lease from the index once it settles it: an entry past its
+        deadline is a lapse the sweeper has not handled yet. 0 when none is waiting.
+        """
+        pipe = self.providers.redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.zrange(self.providers.keys.leases, 0, 0, withscores=True)
+        (seconds, micros), oldest = pipe.execute()
+        if not oldest:
+            return 0.0
+        now_ms = seconds * 1000 + micros // 1000
+        return max(0.0, (now_ms - oldest[0][1]) / 1000)
