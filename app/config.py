@@ -409,8 +409,14 @@ def _check_topology(settings: Settings) -> None:
         raise ConfigError("redis_read_from_replicas needs redis_sentinels or redis_cluster_nodes (they name the replicas)")
     if settings.redis_wait_replicas < 0:
         raise ConfigError(f"redis_wait_replicas must be 0 or more, got {settings.redis_wait_replicas}")
-    if settings.redis_wait_timeout_ms < 1:
-        raise ConfigError(f"redis_wait_timeout_ms must be at least 1, got {settings.redis_wait_timeout_ms}")
+    # WAIT's answer is read under the socket timeout: it must come before that.
+    if settings.redis_wait_timeout_ms < 1 or (
+        settings.redis_wait_replicas and settings.redis_wait_timeout_ms >= settings.redis_timeout_s * 1000
+    ):
+        raise ConfigError(
+            "redis_wait_timeout_ms must be at least 1 and shorter than redis_timeout_s, "
+            f"got {settings.redis_wait_timeout_ms} ms and {settings.redis_timeout_s} s"
+        )
 
 
 CONSUL_CHECKS = ("http", "ttl")

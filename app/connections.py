@@ -13,11 +13,23 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from .config import Settings, split_host_port
 
 Client = Union[redis.Redis, RedisCluster]
+
+
+class FailFastSentinelConnection(SentinelManagedConnection):
+    """A Sentinel connection that is dropped when a reply times out, like a plain one.
+
+    redis-py's SentinelManagedConnection reads with `disconnect_on_error=False` by default, so
+    a timed-out command's late reply stayed in the socket and the pooled connection handed it
+    to the next command (measured: replies of other commands, under load, after a failover).
+    """
+
+    def read_response(self, *args: Any, disconnect_on_error: bool = True, **kwargs: Any) -> Any:
+        return super().read_response(*args, disconnect_on_error=disconnect_on_error, **kwargs)
 
 
 class Topology:
@@ -65,7 +77,9 @@ class Topology:
         """Return a client of the primary that fails fast: an outage is a quick 503, not a hang."""
         options = self._options(socket_timeout, connect_timeout)
         if self.sentinel is not None:
-            return self.sentinel.master_for(self.settings.redis_master_name, **options)
+            return self.sentinel.master_for(
+                self.settings.redis_master_name, connection_class=FailFastSentinelConnection, **options
+            )
         if self.kind == "cluster":
             return self._cluster(options, replicas=False)
         return redis.Redis.from_url(self.settings.redis_url, **options)
@@ -80,7 +94,9 @@ class Topology:
             return None
         options = self._options(None, None)
         if self.sentinel is not None:
-            return self.sentinel.slave_for(self.settings.redis_master_name, **options)
+            return self.sentinel.slave_for(
+                self.settings.redis_master_name, connection_class=FailFastSentinelConnection, **options
+            )
         if self.kind == "cluster":
             return self._cluster(options, replicas=True)
         return None
