@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
 from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
@@ -383,8 +384,8 @@ class ProviderStore:
         any_gpu = not by_model and (filters.min_vram or filters.min_gpus > 1)
         scratch = [k.tmp(f"select:{i}") for i in range(3 + len(STATUSES))]
         return [
-            k.gpu_any(filters.min_gpus) if any_gpu else "",
-            k.location(filters.location) if filters.location else "",
+            k.gpu_any(filters.min_gpus) if any_gpu else k.no_key,
+            k.location(filters.location) if filters.location else k.no_key,
             *scratch,
         ]
 
@@ -471,10 +472,18 @@ class ProviderStore:
         since their ID was listed are left out.
         """
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        if isinstance(self.redis, RedisCluster):
+            # A cluster pipeline refuses TIME: the time is read first (a restore then caps
+            # deadlines at an earlier now, which only makes a provider offline sooner).
+            now = self.redis.time()
+        else:
+            pipe.time()
         for provider_id in provider_ids:
             pipe.hgetall(self.keys.provider(provider_id))
-        now, *hashes = pipe.execute()
+        replies = pipe.execute()
+        if not isinstance(self.redis, RedisCluster):
+            now, *replies = replies
+        hashes = replies
         found = [(pid, fields) for pid, fields in zip(provider_ids, hashes) if fields]
         return _ms(now), found
 

@@ -82,8 +82,12 @@ class Replication:
         try:
             return self.reader.evalsha_ro(script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            # SCRIPT LOAD is not replicated: each replica learns a script on first use.
-            self.reader.script_load(script.script)
+            # SCRIPT LOAD is not replicated: each replica learns a script on first use (a
+            # cluster client sends it to primaries only unless told every node).
+            if isinstance(self.reader, RedisCluster):
+                self.reader.execute_command("SCRIPT LOAD", script.script, target_nodes=RedisCluster.ALL_NODES)
+            else:
+                self.reader.script_load(script.script)
             return self.reader.evalsha_ro(script.sha, len(keys), *keys, *args)
 
     def _acknowledged(self, primary: Any, script: Any, keys: list[str], args: list[Any]) -> Any:
