@@ -21,8 +21,8 @@ from .conftest import AdminClient, TEST_API_KEYS, GENEROUS_LIMIT, provider_body,
 from .gunicorn_server import GunicornServer
 from .redis_sentinel import MASTER_NAME, ReplicatedRedis
 
-# Measured on the 2-core test machine (see docs/DEPLOYMENT.md): 503s for 2.2-3.6 s after the
-# primary is killed with down-after-milliseconds 1000. The bound leaves room for a noisy machine.
+# Measured on the 2-core test machine (docs/DEPLOYMENT.md): served again 2.26-2.34 s after the
+# primary is killed, with down-after-milliseconds 1000. The bound leaves room for a noisy machine.
 SERVED_AGAIN_WITHIN_S = 8.0
 
 
