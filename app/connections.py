@@ -131,5 +131,9 @@ class Topology:
             # limits would send the data nodes' password to the sentinels too: say theirs.
             sentinel_kwargs: dict[str, Any] = {**timeouts, "password": settings.redis_sentinel_password or None}
             uri = f"redis+sentinel://{','.join(settings.redis_sentinels)}/{settings.redis_master_name}"
-            return uri, {**timeouts, **auth, "use_replicas": False, "sentinel_kwargs": sentinel_kwargs}
+            return uri, {
+                **timeouts, **auth, "use_replicas": False, "sentinel_kwargs": sentinel_kwargs,
+                # limits passes these on to master_for: its connections drop late replies too.
+                "connection_class": FailFastSentinelConnection,
+            }
         return f"redis+cluster://{','.join(settings.redis_cluster_nodes)}", {**timeouts, **auth}
