@@ -41,7 +41,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     install_request_logging(app)
     install_bounds(app)
     install_auth(app, settings)
-    install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
+    install_rate_limits(app, settings, registry.store.keys, *registry.topology.rate_limit_storage(registry.redis))
     register_blueprints(app)
     install_metrics(app, settings)
     install_dashboard(app)

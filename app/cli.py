@@ -30,7 +30,8 @@ def _serve(args: argparse.Namespace) -> int:
         from .firstrun import ensure_first_run_key
 
         ensure_first_run_key(settings)
-    if args.local_redis:
+    # A local redis-server stands in for one server only, never for Sentinel or a Cluster.
+    if args.local_redis and not (settings.redis_sentinels or settings.redis_cluster_nodes):
         # Only here: importing redis (and so ssl) in the master makes gevent workers warn that
         # they patch ssl too late.
         from .local_redis import ensure_redis

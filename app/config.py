@@ -28,6 +28,7 @@ NON_SETTING_ENV = {
 }
 DEFAULT_CONFIG_PATH = "configs/config.yaml"
 METRICS_AUTH = ("read", "metrics", "none")
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Go loggers' spellings (logrus, zap), so that the original server's config loads as it is.
 LOG_LEVEL_ALIASES = {
@@ -67,7 +68,38 @@ class Settings:
         default="info",
         metadata=_doc("debug, info, warning, error or critical; any case, and Go's warn, trace, fatal"),
     )
-    redis_url: str = field(default="redis://127.0.0.1:6379/0", metadata=_doc("the live store"))
+    redis_url: str = field(
+        default=DEFAULT_REDIS_URL,
+        metadata=_doc("the live store, one Redis server (empty or this default with redis_sentinels or redis_cluster_nodes)"),
+    )
+    redis_sentinels: list[str] = field(
+        default_factory=list,
+        metadata=_doc("Sentinel addresses (host:port): the primary is asked of them and followed through failovers; redis_url must then be empty"),
+    )
+    redis_master_name: str = field(
+        default="", metadata=_doc("the primary's name in Sentinel (`sentinel monitor <name> ...`)")
+    )
+    redis_sentinel_password: str = field(
+        default="", metadata=_doc("password of the sentinels themselves (requirepass of sentinel.conf)")
+    )
+    redis_cluster_nodes: list[str] = field(
+        default_factory=list,
+        metadata=_doc("Redis Cluster seed nodes (host:port); key_prefix must then hold a hash tag such as {registry}:, and redis_url must be empty"),
+    )
+    redis_password: str = field(
+        default="", metadata=_doc("password of the data nodes with redis_sentinels or redis_cluster_nodes (redis_url carries its own)")
+    )
+    redis_wait_replicas: int = field(
+        default=0,
+        metadata=_doc("replicas that must hold a registration, update, claim or deregistration before it is answered (WAIT); 0: off"),
+    )
+    redis_wait_timeout_ms: int = field(
+        default=500, metadata=_doc("how long a write waits for redis_wait_replicas; short of them it answers 503 store_timeout")
+    )
+    redis_read_from_replicas: bool = field(
+        default=False,
+        metadata=_doc("run read-only scripts (queries, summary, one provider) on a replica with EVALSHA_RO (Sentinel or Cluster)"),
+    )
     redis_timeout_s: float = field(
         default=1.0, metadata=_doc("socket timeout for Redis calls; keeps /health fast")
     )
@@ -166,6 +198,8 @@ class Settings:
         for key, value in out.items():
             if isinstance(value, str) and key.endswith("_url"):
                 out[key] = mask_url(value)
+            elif key.endswith("_password") and value:
+                out[key] = "***"
         return out
 
 
@@ -301,10 +335,9 @@ def _check(settings: Settings) -> None:
         raise bad(f"workers must be at least 1, got {settings.workers}")
     if settings.log_level not in LOG_LEVELS:
         raise bad(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {settings.log_level!r}")
-    if urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise bad(f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}")
     if not settings.key_prefix or any(c.isspace() for c in settings.key_prefix):
         raise bad(f"key_prefix must be non-empty and without spaces, got {settings.key_prefix!r}")
+    _check_topology(settings)
     # Leases are kept in whole milliseconds; under 1 ms is a zero TTL that Redis refuses.
     if settings.heartbeat_ttl_s < 0.001:
         raise bad(f"heartbeat_ttl_s must be at least 0.001, got {settings.heartbeat_ttl_s}")
@@ -342,6 +375,73 @@ def _check(settings: Settings) -> None:
         raise bad(f"metrics_auth must be one of {', '.join(METRICS_AUTH)}, got {settings.metrics_auth!r}")
     _check_consul(settings)
     _check_trust(settings)
+
+
+def hash_tag(prefix: str) -> str | None:
+    """Return the hash tag of a key prefix (`{registry}` of `{registry}:`), or None.
+
+    Redis Cluster hashes only the text between the first `{` and the next `}` when it is not
+    empty, so every key under such a prefix lands in one slot.
+    """
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1)
+    if start < 0 or end < 0 or end == start + 1:
+        return None
+    return prefix[start : end + 1]
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split `host:port` (`[v6]:port` too).
+
+    Raises:
+        ValueError: no host or no valid port.
+    """
+    host, colon, port = address.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not _DIGITS.match(port) or not 0 < int(port) <= 65535:
+        raise ValueError(f"not host:port: {address!r}")
+    return host, int(port)
+
+
+def _check_topology(settings: Settings) -> None:
+    """One way to find Redis: redis_url, redis_sentinels or redis_cluster_nodes."""
+    given = [name for name in ("redis_sentinels", "redis_cluster_nodes") if getattr(settings, name)]
+    if len(given) > 1:
+        raise ConfigError("set redis_sentinels or redis_cluster_nodes, not both")
+    if given:
+        # The default URL is in every generated config file: it counts as not set.
+        if settings.redis_url not in ("", DEFAULT_REDIS_URL):
+            raise ConfigError(f"{given[0]} is set: redis_url must be empty or its default (it names one server)")
+        for address in getattr(settings, given[0]):
+            try:
+                split_host_port(address)
+            except ValueError:
+                raise ConfigError(f"{given[0]} must be host:port addresses, got {address!r}") from None
+    elif urlsplit(settings.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"redis_url must be a redis://, rediss:// or unix:// URL, got {settings.redis_url!r}"
+        )
+    if settings.redis_sentinels and not settings.redis_master_name:
+        raise ConfigError("redis_sentinels is set: redis_master_name must name the primary")
+    if settings.redis_cluster_nodes and hash_tag(settings.key_prefix) is None:
+        # The scripts touch many keys at once: a cluster runs them only within one slot.
+        raise ConfigError(
+            "redis_cluster_nodes is set: key_prefix must hold a hash tag, such as '{registry}:', "
+            f"so that every key shares one slot; got {settings.key_prefix!r}"
+        )
+    if settings.redis_read_from_replicas and not (settings.redis_sentinels or settings.redis_cluster_nodes):
+        raise ConfigError("redis_read_from_replicas needs redis_sentinels or redis_cluster_nodes (they name the replicas)")
+    if settings.redis_wait_replicas < 0:
+        raise ConfigError(f"redis_wait_replicas must be 0 or more, got {settings.redis_wait_replicas}")
+    # WAIT's answer is read under the socket timeout: it must come before that.
+    if settings.redis_wait_timeout_ms < 1 or (
+        settings.redis_wait_replicas and settings.redis_wait_timeout_ms >= settings.redis_timeout_s * 1000
+    ):
+        raise ConfigError(
+            "redis_wait_timeout_ms must be at least 1 and shorter than redis_timeout_s, "
+            f"got {settings.redis_wait_timeout_ms} ms and {settings.redis_timeout_s} s"
+        )
 
 
 CONSUL_CHECKS = ("http", "ttl")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import logging
 
@@ -154,9 +154,13 @@ def _install_unauthenticated_bucket(app: Flask, limiter: Limiter, item: RateLimi
 
 
 def install_rate_limits(
-    app: Flask, settings: Settings, keys: Keys, pool: redis.ConnectionPool
+    app: Flask, settings: Settings, keys: Keys, storage_uri: str, storage_options: dict[str, Any]
 ) -> Limiter | None:
-    """Attach the limiter to the app, storing its counters in the registry's Redis."""
+    """Attach the limiter to the app, storing its counters in the registry's Redis.
+
+    `storage_uri` and `storage_options` reach that Redis (app/connections.py): the registry's
+    own pool for a single server, with its fail-fast timeouts and closed with the registry.
+    """
     if not settings.rate_limit_enabled:
         return None
     limiter = Limiter(
@@ -190,12 +194,8 @@ def install_rate_limits(
             ),
         ],
         strategy="fixed-window",  # one round trip per check: the heartbeat path stays cheap
-        storage_uri=settings.redis_url,
-        storage_options={
-            "key_prefix": keys.ratelimit_prefix,
-            # The registry's own pool: its fail-fast timeouts, and closed with the registry.
-            "connection_pool": pool,
-        },
+        storage_uri=storage_uri,
+        storage_options={"key_prefix": keys.ratelimit_prefix, **storage_options},
         # X-RateLimit-* headers would cost one more Redis round trip on every request.
         headers_enabled=False,
         # A Redis outage must not turn into 500s: requests pass, and the store answers 503.

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from flask import current_app
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from .config import Settings, parse_duration
+from .connections import Client, Topology
 from .store import CapacityStore, ClaimStore, EventFeed, Keys, ProviderStore
+from .store.replication import Replication
 from .store.idempotency import IdempotencyStore
 from .version import package_version
 
@@ -22,19 +21,9 @@ MAX_WAIT_S = 30
 
 def redis_client(
     settings: Settings, socket_timeout: float | None = None, connect_timeout: float | None = None
-) -> redis.Redis:
-    """Build a Redis client that fails fast, so that an outage is a quick 503, not a hang."""
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=socket_timeout or settings.redis_timeout_s,
-        socket_connect_timeout=connect_timeout or settings.redis_timeout_s,
-        # One immediate retry replaces a pooled connection that died with a restarted Redis.
-        # Never on a timeout: the command was sent and may still run, and sending a write
-        # again would apply it twice.
-        retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-        health_check_interval=30,
-    )
+) -> Client:
+    """Build a client of the primary that fails fast, so that an outage is a quick 503, not a hang."""
+    return Topology(settings).primary(socket_timeout, connect_timeout)
 
 
 def health_timeout_s(settings: Settings) -> float:
@@ -56,10 +45,11 @@ class Registry:
     """Everything a request needs, built once per app."""
 
     settings: Settings
-    redis: redis.Redis
-    blocking_redis: redis.Redis
+    topology: Topology
+    redis: Client
+    blocking_redis: Client
     # /health's own client: a hung Redis must not make Consul's check time out instead of fail.
-    health_redis: redis.Redis
+    health_redis: Client
     store: ProviderStore
     claims: ClaimStore
     events: EventFeed
@@ -71,20 +61,23 @@ class Registry:
     def from_settings(cls, settings: Settings) -> "Registry":
         """Connect lazily to Redis and build the stores."""
         keys = Keys(settings.key_prefix)
-        client = redis_client(settings)
+        topology = Topology(settings)
+        client = topology.primary()
         # Long polls block in XREAD: their connections need a timeout past the longest wait.
-        blocking = redis_client(settings, socket_timeout=MAX_WAIT_S + settings.redis_timeout_s + 5)
+        blocking = topology.primary(socket_timeout=MAX_WAIT_S + settings.redis_timeout_s + 5)
         store = ProviderStore(
             client, keys, settings.heartbeat_ttl_s, settings.events_max_len,
             blind_after_s=settings.outage_grace_after_s,
+            replicas=Replication(
+                settings.redis_wait_replicas, settings.redis_wait_timeout_ms, topology.replica()
+            ),
         )
         return cls(
             settings=settings,
+            topology=topology,
             redis=client,
             blocking_redis=blocking,
-            health_redis=redis_client(
-                settings, socket_timeout=health_timeout_s(settings), connect_timeout=health_timeout_s(settings)
-            ),
+            health_redis=topology.primary(health_timeout_s(settings), health_timeout_s(settings)),
             store=store,
             claims=ClaimStore(store),
             events=EventFeed(client, blocking, keys),
@@ -107,6 +100,8 @@ class Registry:
         self.redis.close()
         self.blocking_redis.close()
         self.health_redis.close()
+        if self.store.replicas.reader is not None:
+            self.store.replicas.reader.close()
 
 
 def current_registry() -> Registry:

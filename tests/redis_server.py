@@ -32,9 +32,11 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One redis-server process with no persistence, owned by the test session."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra_args: str) -> None:
+        """`extra_args` go to redis-server after ours (`--replicaof host port`, ...)."""
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="registry-test-redis-")
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,7 +48,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--save", "", "--appendonly", "no", "--dir", self.dir, *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

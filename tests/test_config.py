@@ -404,3 +404,43 @@ def test_every_registry_variable_the_repository_names_is_a_setting_or_listed():
             named |= set(re.findall(r"\bREGISTRY_[A-Z][A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
     settings = {f"REGISTRY_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     assert named - settings - set(NON_SETTING_ENV) == set()
+@pytest.mark.parametrize(
+    "env, mention",
+    [
+        ({"REGISTRY_REDIS_SENTINELS": "127.0.0.1:26379"}, "redis_master_name"),
+        ({"REGISTRY_REDIS_SENTINELS": "127.0.0.1:26379", "REGISTRY_REDIS_MASTER_NAME": "m",
+          "REGISTRY_REDIS_URL": "redis://10.0.0.1:6379/0"}, "redis_url must be empty"),
+        ({"REGISTRY_REDIS_SENTINELS": "sentinel-1", "REGISTRY_REDIS_MASTER_NAME": "m"}, "host:port"),
+        ({"REGISTRY_REDIS_SENTINELS": "a:1", "REGISTRY_REDIS_MASTER_NAME": "m",
+          "REGISTRY_REDIS_CLUSTER_NODES": "b:2"}, "not both"),
+        ({"REGISTRY_REDIS_CLUSTER_NODES": "127.0.0.1:7000"}, "hash tag"),
+        ({"REGISTRY_REDIS_CLUSTER_NODES": "127.0.0.1:7000", "REGISTRY_KEY_PREFIX": "{}:"}, "hash tag"),
+        ({"REGISTRY_REDIS_READ_FROM_REPLICAS": "true"}, "redis_read_from_replicas"),
+        ({"REGISTRY_REDIS_WAIT_REPLICAS": "-1"}, "redis_wait_replicas"),
+        ({"REGISTRY_REDIS_WAIT_REPLICAS": "1", "REGISTRY_REDIS_WAIT_TIMEOUT_MS": "1000"},
+         "shorter than redis_timeout_s"),
+    ],
+    ids=["sentinels_without_name", "sentinels_and_url", "sentinel_without_port", "sentinels_and_cluster",
+         "cluster_without_hash_tag", "cluster_empty_hash_tag", "replica_reads_on_one_server",
+         "negative_wait", "wait_past_the_socket_timeout"],
+)
+def test_redis_topology_settings_are_checked(tmp_path, env, mention):
+    with pytest.raises(ConfigError, match=mention):
+        load_settings(path=tmp_path / "c.yaml", env=env)
+
+
+def test_sentinels_and_cluster_nodes_take_the_default_redis_url_as_unset(tmp_path):
+    settings = load_settings(path=tmp_path / "c.yaml", env={
+        "REGISTRY_REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26379", "REGISTRY_REDIS_MASTER_NAME": "registry",
+    })
+    assert settings.redis_sentinels == ["10.0.0.1:26379", "10.0.0.2:26379"]
+    cluster = load_settings(path=tmp_path / "d.yaml", env={
+        "REGISTRY_REDIS_CLUSTER_NODES": "10.0.0.1:7000", "REGISTRY_KEY_PREFIX": "{registry}:",
+        "REGISTRY_REDIS_URL": "",
+    })
+    assert cluster.redis_cluster_nodes == ["10.0.0.1:7000"]
+
+
+def test_public_dict_masks_redis_passwords():
+    shown = Settings(redis_password="s3cret", redis_sentinel_password="other").public_dict()
+    assert shown["redis_password"] == shown["redis_sentinel_password"] == "***"

@@ -44,6 +44,7 @@ class ClaimStore:
             self._claim,
             store.filter_keys(filters),
             [*store.filter_args(filters), count, ttl_s * 1000, claimant, claim_id],
+            durable=True,
         )
         if code == NO_CAPACITY:
             matched, free = rest
@@ -77,7 +78,7 @@ class ClaimStore:
         self, provider_id: str, op: str, claim_id: str, expected_token_hash: str = ""
     ) -> tuple[Provider, int]:
         code, now, flat = self.providers.run_script(
-            self._op, [], [provider_id, op, claim_id, expected_token_hash]
+            self._op, [], [provider_id, op, claim_id, expected_token_hash], durable=True
         )
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)

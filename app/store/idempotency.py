@@ -98,20 +98,30 @@ def _as_redis_reply(value: Any) -> Any:
     return value
 
 
-def run_script(script: Any, keys: list[str], args: list[Any], client: Any = None) -> Any:
+def run_script(
+    script: Any, keys: list[str], args: list[Any], client: Any = None, via: Any = None
+) -> Any:
     """Run a store script; the first of a request under an Idempotency-Key runs fenced.
 
+    Args:
+        client: a pipeline to batch the call in (never fenced).
+        via: the client to run on, fenced or not: an acknowledged write pins one connection
+            and waits on it for replicas (replication.py).
     Raises:
         IdempotencyInProgress: another attempt took the key over; this write did nothing.
     """
     attempt = _ATTEMPT.get()
     if attempt is None or attempt.used or client is not None:
-        return script(keys=keys, args=args, client=client)
+        return script(keys=keys, args=args, client=client if client is not None else via)
     attempt.used = True
     if attempt.replay is not None:
+        if via is not None:
+            # The write ran in an earlier attempt. A write on `via` (the record's TTL, renewed)
+            # makes the WAIT that follows cover it, since WAIT counts the connection's last write.
+            via.pexpire(attempt.record_key, attempt.store.window_ms)
         return _as_redis_reply(attempt.replay)
     wrapped = attempt.store.fenced(script)
-    reply = wrapped(keys=[*keys, attempt.record_key], args=[*args, attempt.owner])
+    reply = wrapped(keys=[*keys, attempt.record_key], args=[*args, attempt.owner], client=via)
     if reply == [FENCED]:
         raise IdempotencyInProgress("another attempt with this Idempotency-Key took over; retry", 1)
     return reply

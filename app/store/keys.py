@@ -39,6 +39,9 @@ class Keys:
         self.provider_prefix = f"{prefix}provider:"
         self.lease_prefix = f"{prefix}lease:"
         self.tmp_prefix = f"{prefix}tmp:"
+        # Names an unused key argument of a script; never written. A Redis Cluster refuses ""
+        # there: it hashes to another slot than the prefix's hash tag.
+        self.no_key = f"{prefix}tmp:none"
         self.gpu_prefix = f"{prefix}gpu:"
         self.arch_prefix = f"{prefix}arch:"
         # Canonical name -> folded name of every GPU model and architecture that has an index:

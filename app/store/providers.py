@@ -8,12 +8,14 @@ from collections import defaultdict
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
 from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
 from ..models import DETAIL_FIELDS, LIVE_GPU_FIELDS, Filters, Lease, Page, Provider, Transition
 from .keys import STATUSES, Keys, canonical_name, fold_name
 from .idempotency import run_script as run_fenced
+from .replication import Replication
 from .scripts import ScriptContext, load_script, pairs, wrap_errors
 
 NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH = -1, -2, -3
@@ -136,16 +138,20 @@ class ProviderStore:
 
     def __init__(
         self, client: redis.Redis, keys: Keys, lease_ttl_s: float, events_max_len: int = 100_000,
-        blind_after_s: float = 0.0,
+        blind_after_s: float = 0.0, replicas: Replication | None = None,
     ) -> None:
         """Args:
             blind_after_s: a pulse older than this means the registry was blind, and leases
                 get their outage grace (lib.lua); 0 turns outage grace off.
+            replicas: whether acknowledged writes wait for replicas and reads use them.
         """
         self.redis = client
         self.keys = keys
+        self.replicas = replicas or Replication()
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.ctx = ScriptContext(keys, events_max_len, self.lease_ttl_ms, int(blind_after_s * 1000))
+        # A read on a replica must not write: lib.lua's outage check is off there (0).
+        self._read_only_ctx = ScriptContext(keys, events_max_len, self.lease_ttl_ms, 0)
         self._write = load_script(client, "write")
         self._get = load_script(client, "get")
         self._pulse = load_script(client, "pulse")
@@ -159,13 +165,21 @@ class ProviderStore:
         self._derived: dict[Any, tuple[Any, ...]] = {}
 
     def run_script(
-        self, script: Any, keys: list[str], args: list[Any], client: Any = None
+        self, script: Any, keys: list[str], args: list[Any], client: Any = None,
+        durable: bool = False, read_only: bool = False,
     ) -> Any:
         """Run a script with the fixed KEYS and ARGV of lib.lua before `keys` and `args`.
 
-        `client` may be a pipeline, to batch calls (bench and bulk tools).
+        `client` may be a pipeline, to batch calls (bench and bulk tools). `durable`: an
+        acknowledged write, that waits for replicas; `read_only`: a read that a replica may
+        serve (see replication.py).
         """
-        return run_fenced(script, self.ctx.keys + keys, self.ctx.args + args, client)
+        if client is not None:
+            return run_fenced(script, self.ctx.keys + keys, self.ctx.args + args, client)
+        return self.replicas.run(
+            self.redis, script, self.ctx.keys + keys, self.ctx.args + args, durable=durable,
+            read_only_args=self._read_only_ctx.args + args if read_only else None,
+        )
 
     def register_args(
         self, provider_id: str, details: dict[str, Any], status: str,
@@ -228,6 +242,7 @@ class ProviderStore:
         code, now, flat = self.run_script(
             self._write, [],
             self.register_args(provider_id, details, status, token_hash, expected_token_hash),
+            durable=True,
         )
         if code == TOKEN_MISMATCH:
             if expected_token_hash == MUST_BE_NEW:
@@ -252,6 +267,7 @@ class ProviderStore:
             self._write, [],
             [provider_id, "update", self.lease_ttl_ms, "", if_match, "", expected_token_hash,
              *self._detail_args(details)],
+            durable=True,
         )
         return self._checked(provider_id, code, flat), now
 
@@ -302,7 +318,7 @@ class ProviderStore:
             ProviderNotFound: no provider has this ID.
             Unauthorized: `expected_token_hash` is given and is not the provider's.
         """
-        now, flat = self.run_script(self._get, [], [provider_id])
+        now, flat = self.run_script(self._get, [], [provider_id], read_only=True)
         fields = pairs(flat)
         if not fields:
             raise ProviderNotFound(provider_id)
@@ -335,7 +351,9 @@ class ProviderStore:
             Unauthorized: `expected_token_hash` is given and is not the provider's.
             VersionMismatch: `if_match` does not hold the provider's version.
         """
-        code, version = self.run_script(self._delete, [], [provider_id, if_match, expected_token_hash])
+        code, version = self.run_script(
+            self._delete, [], [provider_id, if_match, expected_token_hash], durable=True
+        )
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
@@ -351,7 +369,9 @@ class ProviderStore:
             ProviderNotFound: no provider has this ID.
             Unauthorized: `expected_token_hash` is given and is not the provider's.
         """
-        code = self.run_script(self._rotate, [], [provider_id, expected_token_hash, new_token_hash])
+        code = self.run_script(
+            self._rotate, [], [provider_id, expected_token_hash, new_token_hash], durable=True
+        )
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
@@ -364,8 +384,8 @@ class ProviderStore:
         any_gpu = not by_model and (filters.min_vram or filters.min_gpus > 1)
         scratch = [k.tmp(f"select:{i}") for i in range(3 + len(STATUSES))]
         return [
-            k.gpu_any(filters.min_gpus) if any_gpu else "",
-            k.location(filters.location) if filters.location else "",
+            k.gpu_any(filters.min_gpus) if any_gpu else k.no_key,
+            k.location(filters.location) if filters.location else k.no_key,
             *scratch,
         ]
 
@@ -401,6 +421,7 @@ class ProviderStore:
             self._query,
             self.filter_keys(filters),
             [*self.filter_args(filters), limit, cursor_id, "" if cursor_value is None else cursor_value],
+            read_only=True,
         )
         providers = [Provider.from_hash(pairs(flat)) for _, flat, _ in rows]
         next_cursor = None
@@ -451,10 +472,18 @@ class ProviderStore:
         since their ID was listed are left out.
         """
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
+        if isinstance(self.redis, RedisCluster):
+            # A cluster pipeline refuses TIME: the time is read first (a restore then caps
+            # deadlines at an earlier now, which only makes a provider offline sooner).
+            now = self.redis.time()
+        else:
+            pipe.time()
         for provider_id in provider_ids:
             pipe.hgetall(self.keys.provider(provider_id))
-        now, *hashes = pipe.execute()
+        replies = pipe.execute()
+        if not isinstance(self.redis, RedisCluster):
+            now, *replies = replies
+        hashes = replies
         found = [(pid, fields) for pid, fields in zip(provider_ids, hashes) if fields]
         return _ms(now), found
 

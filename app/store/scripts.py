@@ -7,6 +7,7 @@ from importlib import resources
 from typing import Any, Callable, TypeVar
 
 import redis
+from redis.sentinel import MasterNotFoundError, SlaveNotFoundError
 
 from ..errors import StoreTimeout, StoreUnavailable
 from .keys import Keys
@@ -28,6 +29,9 @@ def never_sent(exc: redis.RedisError) -> bool:
     redis-py raises "Error <n> connecting to ..." and "Timeout connecting to server" from
     `connect`; any other ConnectionError or TimeoutError comes after a command was written.
     """
+    # Sentinel knows no primary (the old one is down, none promoted yet): nothing was sent.
+    if isinstance(exc, (MasterNotFoundError, SlaveNotFoundError)):
+        return True
     return "connecting to" in str(exc)
 
 

@@ -19,7 +19,7 @@ class CapacityStore:
     @wrap_errors
     def summary(self) -> dict[str, Any]:
         """Return providers by status, GPUs and VRAM by model, providers and GPUs by location."""
-        _, in_grace, *flat = self.providers.run_script(self._summary, [], [])
+        _, in_grace, *flat = self.providers.run_script(self._summary, [], [], read_only=True)
         by_status = {status: 0 for status in STATUSES}
         models: dict[str, dict[str, int]] = defaultdict(
             lambda: {"providers": 0, "gpus": 0, "idle_gpus": 0, "vram_mb": 0, "idle_vram_mb": 0}

@@ -1,8 +1,8 @@
 -- Choosing providers by filters with set algebra, shared by query.lua and claim.lua
 -- (prepended after lib.lua). The filters `f` come from fixed ARGV and KEYS positions:
 -- KEYS[11] GPU index of any model ("at least k GPUs"), when VRAM or a count is asked without
---         a model, or ""
--- KEYS[12] location index, or ""    KEYS[13..20] scratch keys, deleted before returning
+--         a model, or "" / "<prefix>tmp:none"
+-- KEYS[12] location index, or "" / "<prefix>tmp:none"    KEYS[13..20] scratch keys, deleted before returning
 -- ARGV[9] effective statuses wanted, comma-separated, or "" for any
 -- ARGV[10] min VRAM in MB (0: none)    ARGV[11] min GPUs
 -- ARGV[12] folded substring of the GPU model, or ""   ARGV[13] canonical exact model, or ""
@@ -36,8 +36,16 @@ local function as_set(names)
   return set
 end
 
+-- An unused filter key is "" or the registry's "tmp:none" (a Redis Cluster refuses "", which
+-- hashes to another slot than the registry's keys).
+local NO_KEY = string.sub(ctx.hash_prefix, 1, -#'provider:' - 1) .. 'tmp:none'
+local function given(key)
+  if key == NO_KEY then return '' end
+  return key
+end
+
 local f = {
-  any_gpu_key = KEYS[CTX_KEYS + 1], location_key = KEYS[CTX_KEYS + 2],
+  any_gpu_key = given(KEYS[CTX_KEYS + 1]), location_key = given(KEYS[CTX_KEYS + 2]),
   tmp_range = KEYS[CTX_KEYS + 3], tmp_base = KEYS[CTX_KEYS + 4], tmp_arch = KEYS[CTX_KEYS + 5],
   tmp_status = {KEYS[CTX_KEYS + 6], KEYS[CTX_KEYS + 7], KEYS[CTX_KEYS + 8], KEYS[CTX_KEYS + 9],
     KEYS[CTX_KEYS + 10]},
