@@ -149,6 +149,16 @@ class IdempotencyInProgress(RegistryError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class RateLimited(RegistryError):
+    """Past a rate limit: nothing was done, and the request did not count."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> tuple[Any, int]:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import redis
 from flask import current_app
+from limits import parse_many
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -51,6 +52,16 @@ def in_flight_s(settings: Settings) -> float:
     return max(1.0, 5 * settings.redis_timeout_s)
 
 
+def heartbeat_limits(settings: Settings) -> list[tuple[int, float]]:
+    """Return the per-provider heartbeat limits as (amount, window s); none when limits are off.
+
+    The heartbeat script counts them in the provider's hash (app/ratelimit.py says why).
+    """
+    if not settings.rate_limit_enabled:
+        return []
+    return [(item.amount, item.get_expiry()) for item in parse_many(settings.rate_limit_heartbeat)]
+
+
 @dataclass
 class Registry:
     """Everything a request needs, built once per app."""
@@ -77,6 +88,8 @@ class Registry:
         store = ProviderStore(
             client, keys, settings.heartbeat_ttl_s, settings.events_max_len,
             blind_after_s=settings.outage_grace_after_s,
+            heartbeat_limits=heartbeat_limits(settings),
+            heartbeat_limit_text=settings.rate_limit_heartbeat,
         )
         return cls(
             settings=settings,
