@@ -15,10 +15,18 @@
 -- -4 over the heartbeat limit ({ms until a window closes}); -3 If-Match failed (the same
 -- fields as 1). Nothing is written unless the code is 1, so refused heartbeats do not count.
 
--- What a plain renewal reads, in one HMGET: the state, the token, the limit's windows.
-local HEARTBEAT_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claimant',
-  'claim_expires_at', 'claim_confirmed', 'summary', 'version', 'index_keys', 'bucket_stems',
-  'grace_until', 'last_seen_at', 'token_hash', 'heartbeat_windows'}
+-- What a plain renewal reads, in one HMGET: what tells whether the state changes, the
+-- token, the limit's windows. What only a change of status needs is read then (MORE_FIELDS).
+local HEARTBEAT_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claim_expires_at',
+  'claim_confirmed', 'version', 'grace_until', 'token_hash', 'heartbeat_windows'}
+local MORE_FIELDS = {'summary', 'bucket_stems', 'claimant'}
+
+local function read_more(id, h)
+  local v = redis.call('HMGET', hkey(id), unpack(MORE_FIELDS))
+  for i, name in ipairs(MORE_FIELDS) do
+    if v[i] ~= false then h[name] = v[i] end
+  end
+end
 
 -- Count an accepted heartbeat against the limits: one fixed window per limit, opened by the
 -- first heartbeat it counts, kept in the provider's hash as "<end ms> <count>" pairs.
@@ -72,9 +80,14 @@ local function heartbeat(argv)
   local windows, wait = count_heartbeat(limits, h.heartbeat_windows)
   if wait then return {-4, ctx.now, {wait}} end
   if not version_matches(h, if_match) then
-    return {-3, ctx.now, {h.status, h.last_seen_at or '0', h.lease_expires_at or '0', h.version or '0'}}
+    return {-3, ctx.now,
+      redis.call('HMGET', hkey(id), 'status', 'last_seen_at', 'lease_expires_at', 'version')}
   end
 
+  if h.status == 'offline' or (wanted ~= '' and wanted ~= h.status) or claim_lapsed(h)
+      or lease_lapsed(h) then
+    read_more(id, h)
+  end
   -- A lease or claim that lapsed before this heartbeat is written to the feed first.
   settle(id, h)
   local was = h.status
