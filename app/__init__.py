@@ -25,6 +25,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from .bounds import install_bounds
     from .config import load_settings
     from .errors import register_error_handlers
+    from .fastpath import install_fast_path
     from .jsonprovider import use_orjson
     from .logs import install_request_logging
     from .ratelimit import install_rate_limits
@@ -41,4 +42,5 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     install_auth(app, settings)
     install_rate_limits(app, settings, registry.store.keys, registry.redis.connection_pool)
     register_blueprints(app)
+    install_fast_path(app)
     return app

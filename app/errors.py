@@ -163,8 +163,13 @@ def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> tuple[Any, int]:
     """Build the JSON error body every failure uses; `details` is always an object."""
+    return jsonify(error_body(code, message, details)), status
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the JSON object of an error answer (the heartbeat's fast path writes it too)."""
     # One shape for every error, so that clients decode it without checking for the key.
-    return jsonify({"error": message, "code": code, "details": details or {}}), status
+    return {"error": message, "code": code, "details": details or {}}
 
 
 def _http_code(exc: HTTPException) -> str:
