@@ -25,6 +25,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     from .config import load_settings
     from .dashboard import install_dashboard
     from .errors import register_error_handlers
+    from .fastpath import install_fast_path
     from .jsonprovider import use_orjson
     from .logs import install_request_logging
     from .metrics import install_metrics
@@ -45,6 +46,7 @@ def create_app(settings: "Settings | None" = None) -> "Flask":
     register_blueprints(app)
     install_metrics(app, settings)
     install_dashboard(app)
+    install_fast_path(app)
     # Outermost, so that every read of the body, whoever makes it, keeps to the deadline.
     app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
     return app

@@ -167,13 +167,28 @@ class IdempotencyInProgress(RegistryError):
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
+class RateLimited(RegistryError):
+    """Past a rate limit: nothing was done, and the request did not count."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after_s))})
+
+
 def error_response(
     status: int, code: str, message: str, details: dict[str, Any] | None = None
 ) -> tuple[Any, int]:
     """Build the JSON error body every failure uses; `details` is always an object."""
-    # One shape for every error, so that clients decode it without checking for the key.
     g.error_code = code  # for the request metrics (app/metrics.py): refusals by reason
-    return jsonify({"error": message, "code": code, "details": details or {}}), status
+    return jsonify(error_body(code, message, details)), status
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the JSON object of an error answer (the heartbeat's fast path writes it too)."""
+    # One shape for every error, so that clients decode it without checking for the key.
+    return {"error": message, "code": code, "details": details or {}}
 
 
 # A path that names a provider: /providers/<id>[/...], at the root or under /api/v1.

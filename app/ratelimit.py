@@ -1,4 +1,4 @@
-"""Rate limits in three buckets that never share (flask-limiter, limits).
+"""Rate limits in three buckets that never share (flask-limiter, limits, and the heartbeat script).
 
 - a valid service key: per key (`rate_limit_per_client`);
 - a provider token: per provider only (`rate_limit_heartbeat` on its heartbeats, and
@@ -6,14 +6,22 @@
 - no credential or an invalid one: per address (`rate_limit_unauthenticated`), counting 401
   answers, and checked before any other work.
 
-A bearer that is not a service key may be a provider token, which only the store can check
-(inside the write's script). It therefore never counts in the address bucket unless it was
-refused (401), so a flood of bad credentials from a daemon's address cannot starve the
-daemon. Once the address is over its limit, such a bearer costs one read of the provider's
-token hash before it is let through (a valid token) or refused (429).
+Heartbeats are the hot path and cost one Redis round trip: the per-provider heartbeat limit
+is counted inside heartbeat.lua, in the provider's own hash (`heartbeat_windows`), by the same
+call that checks the token and renews the lease; a refused heartbeat writes nothing, so it does
+not count. Every route with a heartbeat view (any credential, or none with auth off) goes
+through it; flask-limiter has no heartbeat limit.
 
-Counters live in the registry's Redis under `<key_prefix>ratelimit:`, so every instance
-shares them. A breach answers 429 with `Retry-After`, through the app's JSON error handler.
+A bearer that is not a service key may be a provider token, which only the store can check
+(inside the write's script). On a route that takes one it therefore costs nothing before the
+view: only when the store refuses it (401) is the address bucket read, and the answer is then
+429 if the address is over its limit, else the 401, counted. So a flood of bad credentials
+from a daemon's address cannot starve the daemon, and a valid token never pays for the
+address bucket.
+
+Counters live in the registry's Redis (flask-limiter's under `<key_prefix>ratelimit:`), so
+every instance shares them. A breach answers 429 with `Retry-After`, through the app's JSON
+error handler.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ from limits import RateLimitItem, parse
 from limits.errors import StorageError
 
 from .auth import KEYRING_EXTENSION, client_identity, presented_hash
-from .errors import RegistryError, Unauthorized, error_response
+from .errors import Unauthorized, error_response
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -71,22 +79,6 @@ def _accepts_token() -> bool:
     return bool(getattr(view, "accepts_provider_token", False))
 
 
-def _token_is_wrong() -> bool:
-    # Only asked of an address over its bad-credential limit: a read, never a write.
-    from .registry import current_registry
-
-    provider_id = (request.view_args or {}).get("provider_id")
-    if provider_id is None:
-        return False
-    try:
-        current_registry().store.get(str(provider_id), presented_hash() or "")
-    except Unauthorized:
-        return True
-    except RegistryError:
-        return False  # not found, or the store is down: the view answers that
-    return False
-
-
 def _not_a_key() -> bool:
     return credential_kind() not in ("key", "trusted")
 
@@ -100,13 +92,9 @@ def _is_heartbeat() -> bool:
     return (request.endpoint or "").rsplit(".", 1)[-1] == "heartbeat"
 
 
-def _heartbeat_key() -> str:
-    return f"provider:{(request.view_args or {}).get('provider_id')}"
-
-
 def _succeeded(response: Response) -> bool:
-    # Only accepted heartbeats count: requests with a forged token cannot use up a
-    # provider's allowance and starve its real daemon.
+    # Only accepted requests count: requests with a forged token cannot use up a token's
+    # allowance and starve its real daemon.
     return response.status_code < 400
 
 
@@ -124,32 +112,46 @@ def _install_unauthenticated_bucket(app: Flask, limiter: Limiter, item: RateLimi
     def address() -> str:
         return request.remote_addr or "unknown"
 
-    @app.before_request
-    def _refuse_flooding_address() -> tuple[Response, int] | None:
-        if request.endpoint in EXEMPT_ENDPOINTS or not _not_a_key():
-            return None
+    def over_limit() -> int | None:
+        """Return the seconds until the address may try again, or None when it may now."""
         try:
             if limiter.limiter.test(item, UNAUTHENTICATED, address()):
                 return None
             reset_at = limiter.limiter.get_window_stats(item, UNAUTHENTICATED, address()).reset_time
         except (redis.RedisError, StorageError):
             return None  # a Redis outage must not turn into 500s; the store answers 503
-        if _is_token_request() and not _token_is_wrong():
-            return None  # a valid provider token is never refused for its address's floods
+        return max(1, math.ceil(reset_at - time.time()))
+
+    def refusal(retry_after_s: int) -> tuple[Response, int]:
         response, status = error_response(
             429, "too_many_requests",
             f"too many requests without a valid credential from this address (limit {item})",
         )
-        response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+        response.headers["Retry-After"] = str(retry_after_s)
         return response, status
+
+    @app.before_request
+    def _refuse_flooding_address() -> tuple[Response, int] | None:
+        # A possible provider token is judged by the store first (see the module).
+        if request.endpoint in EXEMPT_ENDPOINTS or not _not_a_key() or _is_token_request():
+            return None
+        retry_after_s = over_limit()
+        return None if retry_after_s is None else refusal(retry_after_s)
 
     @app.after_request
     def _count_refused_credentials(response: Response) -> Response:
-        if response.status_code == 401 and _not_a_key():
-            try:
-                limiter.limiter.hit(item, UNAUTHENTICATED, address())
-            except (redis.RedisError, StorageError):
-                log.debug("rate limit: bad credential not counted (store unavailable)")
+        if response.status_code != 401 or not _not_a_key():
+            return response
+        if _is_token_request():
+            retry_after_s = over_limit()
+            if retry_after_s is not None:
+                refused, status = refusal(retry_after_s)
+                refused.status_code = status
+                return refused
+        try:
+            limiter.limiter.hit(item, UNAUTHENTICATED, address())
+        except (redis.RedisError, StorageError):
+            log.debug("rate limit: bad credential not counted (store unavailable)")
         return response
 
 
@@ -179,18 +181,10 @@ def install_rate_limits(
                 key_function=lambda: f"token:{presented_hash()}",
                 scope="token",
                 shared=True,
+                # Heartbeats have their own limit, counted by the heartbeat script.
                 exempt_when=lambda: not _is_token_request() or _is_heartbeat(),
                 deduct_when=_succeeded,
                 error_message=f"too many requests with this provider token (limit {settings.rate_limit_per_client})",
-            ),
-            Limit(
-                settings.rate_limit_heartbeat,
-                key_function=_heartbeat_key,
-                scope="heartbeat",
-                shared=True,
-                exempt_when=lambda: not _is_heartbeat(),
-                deduct_when=_succeeded,
-                error_message=f"too many heartbeats for this provider (limit {settings.rate_limit_heartbeat})",
             ),
         ],
         strategy="fixed-window",  # one round trip per check: the heartbeat path stays cheap

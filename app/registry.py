@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app
+from limits import parse_many
 
 from .config import Settings, parse_duration
 from .connections import Client, Topology
@@ -40,6 +41,16 @@ def in_flight_s(settings: Settings) -> float:
     return max(1.0, 5 * settings.redis_timeout_s)
 
 
+def heartbeat_limits(settings: Settings) -> list[tuple[int, float]]:
+    """Return the per-provider heartbeat limits as (amount, window s); none when limits are off.
+
+    The heartbeat script counts them in the provider's hash (app/ratelimit.py says why).
+    """
+    if not settings.rate_limit_enabled:
+        return []
+    return [(item.amount, item.get_expiry()) for item in parse_many(settings.rate_limit_heartbeat)]
+
+
 @dataclass
 class Registry:
     """Everything a request needs, built once per app."""
@@ -71,6 +82,8 @@ class Registry:
             replicas=Replication(
                 settings.redis_wait_replicas, settings.redis_wait_timeout_ms, topology.replica()
             ),
+            heartbeat_limits=heartbeat_limits(settings),
+            heartbeat_limit_text=settings.rate_limit_heartbeat,
         )
         return cls(
             settings=settings,

@@ -8,6 +8,15 @@ order rotates (the machine is shared and noisy), wrk measures: the floor's req/s
 per second against each registry, and the latency of a selective query against each. It
 prints medians over the rounds and ratios taken side by side within each round.
 
+Settings (`--settings`): `production` (the default) serves as the registry ships: auth on,
+every provider with its own token that its heartbeats send, rate limits on (set high enough
+that the load does not reach them), the query sent with a service key; `trusted` turns auth
+and limits off. Each heartbeat run also reports the Redis time and the Redis round trips per
+heartbeat (INFO commandstats, with a script counted once: see `redis_cost`), and the largest
+fleet one Redis core holds at a 10 s rhythm.
+
+Needs wrk (Debian: `apt-get install -y wrk`) and redis-server on PATH.
+
 Usage: python bench/bench_api.py [--sizes 10000,100000] [--rounds 5] [--seconds 5] ...
 """
 from __future__ import annotations
@@ -33,11 +42,20 @@ from urllib.parse import urlencode
 
 import fleet
 from app.config import load_settings
+from app.keyring import hash_secret
 from loadgen import WrkResult, run_wrk, wrk_binary
 from procs import Gunicorn, RedisProc
 
 BENCH = Path(__file__).resolve().parent
-HEARTBEAT_TARGET = 0.5  # heartbeats/s at least this share of the floor's req/s
+HEARTBEAT_TARGET = 0.6  # heartbeats/s at least this share of the floor's req/s
+HEARTBEAT_P99_TARGET_MS = 30.0
+REDIS_US_TARGET = 15.0  # Redis time per heartbeat
+RHYTHM_S = 10.0  # heartbeat interval of the fleet-per-Redis-core figure
+BENCH_ADMIN_KEY = "bench-admin-key-0123456789abcdefghijklmnop"
+# Requests per second no bench run reaches: limits stay in the loop without refusing.
+HIGH_LIMIT = "1000000/second"
+# Script calls: INFO commandstats also counts every command they run.
+SCRIPT_CALLS = ("fcall", "fcall_ro", "evalsha", "eval", "evalsha_ro", "eval_ro")
 QUERY_P99_TARGET = 1.5  # the query's p99 at the largest size at most this times the smallest's
 
 
@@ -101,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gunicorn threads per worker (default: the registry's config)")
     p.add_argument("--lease-ttl", type=_positive(float), default=86400.0,
                    help="lease TTL in seconds, long so that the fleet does not lapse mid-run")
+    p.add_argument("--settings", choices=("production", "trusted"), default="production",
+                   help="production: auth on, a token per provider, limits on but high (default); "
+                   "trusted: auth and limits off")
     p.add_argument("--seed", type=int, default=1, help="seed of the synthetic fleet")
     p.add_argument("--load-processes", type=_positive(int), default=4,
                    help="processes registering the fleet in parallel (default 4)")
@@ -145,6 +166,7 @@ class Run:
     errors: int
     requests: int
     redis_us_per_request: float | None = None
+    round_trips_per_request: float | None = None
     redis_us_by_command: dict[str, float] = field(default_factory=dict)
 
 
@@ -170,6 +192,7 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
             "p99_ms": median([r.p99_ms for r in rs]),
             "errors": sum(r.errors for r in rs),
             "redis_us_per_request": median([r.redis_us_per_request for r in rs if r.redis_us_per_request is not None]),
+            "round_trips_per_request": median([r.round_trips_per_request for r in rs if r.round_trips_per_request is not None]),
             "redis_us_by_command": _median_by_key([r.redis_us_by_command for r in rs]),
         }
         for name, rs in by_target.items()
@@ -188,9 +211,16 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
     out: dict[str, Any] = {"targets": targets, "heartbeat_vs_floor": {}, "query_p99_growth": None}
     for n in sizes:
         values = ratios(f"heartbeat@{n}", "floor", "rps")
+        hb = targets.get(f"heartbeat@{n}", {})
+        redis_us = hb.get("redis_us_per_request")
         out["heartbeat_vs_floor"][n] = {
             "median": median(values), "min": min(values, default=None), "max": max(values, default=None),
             "met": bool(values) and median(values) >= HEARTBEAT_TARGET,
+            "p99_ms": hb.get("p99_ms"),
+            "redis_us": redis_us,
+            "round_trips": hb.get("round_trips_per_request"),
+            # One Redis core spends RHYTHM_S seconds of time per RHYTHM_S: that many heartbeats.
+            "fleet_per_redis_core": int(RHYTHM_S * 1e6 / redis_us) if redis_us else None,
         }
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
@@ -208,9 +238,13 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
 # --- the run itself -------------------------------------------------------------------------
 
 
-def _http(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, str], Any]:
+def _http(
+    method: str, url: str, body: dict[str, Any] | None = None, auth: tuple[str, ...] = ()
+) -> tuple[int, dict[str, str], Any]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    headers.update(dict(h.split(": ", 1) for h in auth))
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, dict(response.headers), json.loads(response.read() or b"null")
 
@@ -278,6 +312,47 @@ def commandstats(client: Any) -> dict[str, tuple[int, int]]:
     return out
 
 
+def script_shares(client: Any, send: Any, count: int = 50) -> dict[str, float]:
+    """Return, per command, the share of its calls sent by a client rather than run by a script.
+
+    INFO commandstats counts a command that a script runs as well as the script call itself.
+    MONITOR tells them apart (a script's commands come from "lua"): it watches `count`
+    requests made by `send()`, outside any timed run.
+    """
+    top: dict[str, int] = {}
+    inner: dict[str, int] = {}
+    with client.monitor() as monitor:
+        for _ in range(count):
+            send()
+        client.ping()  # the end marker: MONITOR shows commands in the order Redis ran them
+        while True:
+            seen = monitor.next_command()
+            name = seen["command"].split(" ", 1)[0].lower().strip('"')
+            if name == "ping" and seen.get("client_type") != "lua":
+                break
+            bucket = inner if seen.get("client_type") == "lua" else top
+            bucket[name] = bucket.get(name, 0) + 1
+    names = set(top) | set(inner)
+    return {name: top.get(name, 0) / (top.get(name, 0) + inner.get(name, 0)) for name in names}
+
+
+def redis_cost(stats: dict[str, tuple[int, int]], shares: dict[str, float], requests: int) -> tuple[float, float]:
+    """Return (µs of Redis time, round trips) per request, counting each script call once.
+
+    A script call's time includes the commands it runs; a command also run by scripts counts
+    only for the share of its calls that clients sent (`script_shares`). Commands the probe
+    did not see count whole.
+    """
+    usec = calls = 0.0
+    for name, (n, us) in stats.items():
+        if name.startswith(("config", "info", "monitor", "ping")):
+            continue
+        share = 1.0 if name in SCRIPT_CALLS else shares.get(name, 1.0)
+        usec += us * share
+        calls += n * share
+    return usec / requests, calls / requests
+
+
 @contextlib.contextmanager
 def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]]:
     """Start and load everything; stop everything on the way out, whatever happened."""
@@ -286,12 +361,22 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
         "REGISTRY_HEARTBEAT_TTL_S": str(args.lease_ttl),
         # A bench instance must not register itself in whatever Consul agent answers locally.
         "REGISTRY_CONSUL_ENABLED": "false",
-        # The core path, as on a trusted network: one wrk client would hit the per-client rate
-        # limit, and the loaded fleet has no tokens. bench/bench_trust.py measures what auth
-        # and rate limits add.
-        "REGISTRY_AUTH_ENABLED": "false",
-        "REGISTRY_RATE_LIMIT_ENABLED": "false",
     }
+    production = args.settings == "production"
+    if production:
+        keys_file = workdir / "api-keys.json"
+        keys_file.write_text(json.dumps([{"name": "bench-admin", "sha256": hash_secret(BENCH_ADMIN_KEY), "roles": ["admin"]}]))
+        gunicorn_env.update({
+            "REGISTRY_AUTH_ENABLED": "true",
+            "REGISTRY_API_KEYS_FILE": str(keys_file),
+            "REGISTRY_RATE_LIMIT_ENABLED": "true",
+            "REGISTRY_RATE_LIMIT_PER_CLIENT": HIGH_LIMIT,
+            "REGISTRY_RATE_LIMIT_HEARTBEAT": HIGH_LIMIT,
+            "REGISTRY_RATE_LIMIT_UNAUTHENTICATED": HIGH_LIMIT,
+        })
+    else:
+        # As on a trusted network: one wrk client would hit the per-client rate limit.
+        gunicorn_env.update({"REGISTRY_AUTH_ENABLED": "false", "REGISTRY_RATE_LIMIT_ENABLED": "false"})
     if args.worker_class:
         gunicorn_env["REGISTRY_WORKER_CLASS"] = args.worker_class
     if args.workers:
@@ -308,12 +393,16 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
             baseline = int(client.info("memory")["used_memory"])
             print(f"loading {n} providers into redis on port {server.port} ...", flush=True)
             ids, seconds = fleet.load(
-                server.url, n, seed=args.seed, processes=args.load_processes, lease_ttl_s=args.lease_ttl
+                server.url, n, seed=args.seed, processes=args.load_processes, lease_ttl_s=args.lease_ttl,
+                tokens=production,
             )
             print(f"  loaded in {seconds:.1f} s ({n / seconds:.0f}/s)", flush=True)
             ids_file = workdir / f"heartbeat-ids-{n}.txt"
             # Offline providers send no heartbeats: the heartbeat mix is the live fleet.
-            ids_file.write_text("".join(f"{pid} {status}\n" for pid, status in ids if status != "offline"))
+            ids_file.write_text("".join(
+                f"{pid} {status}" + (f" {fleet.token_for(args.seed, i)}" if production else "") + "\n"
+                for i, (pid, status) in enumerate(ids) if status != "offline"
+            ))
             fleets[n] = {"redis": server, "client": client, "ids": ids, "ids_file": ids_file,
                          "baseline": baseline, "load_seconds": seconds}
         registries: dict[int, Gunicorn] = {}
@@ -331,7 +420,8 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
         floor.start("/ping")
         served = load_settings(path=workdir / "config-probe.yaml", env={**os.environ, **gunicorn_env})
         serving = {"worker_class": served.worker_class, "workers": served.workers, "threads": served.threads}
-        yield {"fleets": fleets, "registries": registries, "floor": floor, "serving": serving}
+        yield {"fleets": fleets, "registries": registries, "floor": floor, "serving": serving,
+               "auth": (f"Authorization: Bearer {BENCH_ADMIN_KEY}",) if production else ()}
     finally:
         for fleet_run in fleets.values():
             fleet_run["client"].close()
@@ -347,11 +437,13 @@ def check(args: argparse.Namespace, env: dict[str, Any]) -> dict[int, int]:
         raise RuntimeError(f"the floor answered {status} {body}")
     totals = {}
     for n, instance in env["registries"].items():
-        pid, state = next((p, s) for p, s in env["fleets"][n]["ids"] if s != "offline")
-        status, _, body = _http("PUT", f"{instance.base_url}/providers/{pid}/status", {"status": state})
+        index, (pid, state) = next((i, (p, s)) for i, (p, s) in enumerate(env["fleets"][n]["ids"]) if s != "offline")
+        # As the provider's daemon: with its own token in production settings.
+        daemon = (f"Authorization: Bearer {fleet.token_for(args.seed, index)}",) if env["auth"] else ()
+        status, _, body = _http("PUT", f"{instance.base_url}/providers/{pid}/status", {"status": state}, daemon)
         if status != 200 or body["status"] != state:
             raise RuntimeError(f"heartbeat against registry-{n} answered {status} {body}")
-        status, headers, page = _http("GET", instance.base_url + query_path(args))
+        status, headers, page = _http("GET", instance.base_url + query_path(args), auth=env["auth"])
         wanted = args.gpu_model.casefold()
         for provider in page:
             fits = any(g["model_name"].casefold() == wanted and g["vram_mb"] >= args.min_vram for g in provider["gpus"])
@@ -379,12 +471,22 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
         )
         plans[f"query@{n}"] = (
             instance.base_url + query_path(args), "get.lua",
-            {"threads": q_threads, "connections": args.query_connections}, client,
+            {"threads": q_threads, "connections": args.query_connections, "headers": env["auth"]}, client,
         )
     names = list(plans)
     for name in names:
         url, script, shape, _ = plans[name]
         run_wrk(url, script, seconds=args.warmup_seconds, **shape)
+    # Which commands clients send and which scripts run, per route (see script_shares).
+    shares: dict[str, dict[str, float]] = {}
+    for n, instance in env["registries"].items():
+        client = env["fleets"][n]["client"]
+        index, (pid, state) = next((i, (p, s)) for i, (p, s) in enumerate(env["fleets"][n]["ids"]) if s != "offline")
+        daemon = (f"Authorization: Bearer {fleet.token_for(args.seed, index)}",) if env["auth"] else ()
+        url = f"{instance.base_url}/providers/{pid}/status"
+        shares[f"heartbeat@{n}"] = script_shares(client, lambda: _http("PUT", url, {"status": state}, daemon))
+        query_url = instance.base_url + query_path(args)
+        shares[f"query@{n}"] = script_shares(client, lambda: _http("GET", query_url, auth=env["auth"]), count=10)
     runs: list[Run] = []
     for round_index in range(args.rounds):
         for name in rotation(names, round_index):
@@ -401,9 +503,7 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             )
             if client is not None and result.requests:
                 stats = commandstats(client)
-                # A script's time includes the commands it calls, which INFO also counts on their
-                # own: the request's Redis time is its scripts' time (both routes are one script).
-                run.redis_us_per_request = stats.get("evalsha", (0, 0))[1] / result.requests
+                run.redis_us_per_request, run.round_trips_per_request = redis_cost(stats, shares[name], result.requests)
                 run.redis_us_by_command = {
                     cmd: round(usec / result.requests, 1) for cmd, (_, usec) in stats.items()
                     if usec / result.requests >= 1
@@ -412,7 +512,8 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             print(
                 f"round {round_index + 1} {name:>18}: {run.rps:8.0f} req/s  p50 {run.p50_ms:7.2f} ms"
                 f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}"
-                + (f"  redis {run.redis_us_per_request:.0f} us/req" if run.redis_us_per_request else ""),
+                + (f"  redis {run.redis_us_per_request:.1f} us/req, {run.round_trips_per_request:.2f} round trips"
+                   if run.redis_us_per_request else ""),
                 flush=True,
             )
     return runs
@@ -434,17 +535,23 @@ def render(report: dict[str, Any]) -> str:
         f"Rounds: {s['rounds_done']} of {a['rounds']}, {a['seconds']:g} s per wrk run; throughput runs "
         f"`wrk -t{a['wrk_threads']} -c{a['wrk_connections']}`, query runs with {a['query_connections']} connections.",
         f"Query: `GET {report['query']}`.",
+        "Settings: " + (
+            "production: auth on, a token per provider sent by its heartbeats, rate limits on at "
+            f"{HIGH_LIMIT} (not reached), the query with a service key."
+            if a["settings"] == "production" else "trusted: auth and rate limits off."
+        ),
         "",
-        "| target | req/s (median) | p50 ms | p99 ms | Redis script µs/request | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| target | req/s (median) | p50 ms | p99 ms | Redis µs/request | Redis round trips/request | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, t in s["targets"].items():
-        redis_us = f"{t['redis_us_per_request']:.0f}" if t["redis_us_per_request"] is not None else "–"
+        redis_us = f"{t['redis_us_per_request']:.1f}" if t["redis_us_per_request"] is not None else "–"
+        trips = f"{t['round_trips_per_request']:.2f}" if t.get("round_trips_per_request") is not None else "–"
         lines.append(
-            f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {redis_us} | {t['errors']} |"
+            f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {redis_us} | {trips} | {t['errors']} |"
         )
     for name, t in s["targets"].items():
-        parts = {cmd: us for cmd, us in t["redis_us_by_command"].items() if cmd != "evalsha" and us >= 1}
+        parts = {cmd: us for cmd, us in t["redis_us_by_command"].items() if cmd not in SCRIPT_CALLS and us >= 1}
         if parts:
             top = sorted(parts.items(), key=lambda item: -item[1])[:6]
             lines.append(f"- Inside {name}'s script, µs/request: " + ", ".join(f"{c} {u:.0f}" for c, u in top))
@@ -467,6 +574,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"- Heartbeats at {int(n):,} / floor: median {r['median']:.2f} (rounds {r['min']:.2f}–{r['max']:.2f}); "
             f"target ≥ {HEARTBEAT_TARGET}: {'met' if r['met'] else 'NOT met'}."
+            + (f" p99 {r['p99_ms']:.1f} ms (target < {HEARTBEAT_P99_TARGET_MS:g})." if r.get("p99_ms") is not None else "")
+            + (
+                f" Redis {r['redis_us']:.1f} µs (target ≤ {REDIS_US_TARGET:g}) in {r['round_trips']:.2f} round trips "
+                f"per heartbeat: one Redis core holds {r['fleet_per_redis_core']:,} providers at a {RHYTHM_S:g} s rhythm."
+                if r.get("redis_us") else ""
+            )
         )
     g = s["query_p99_growth"]
     if g and g["median"] is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
+from app.keyring import hash_secret
 from app.registry import redis_client
 from app.schemas import RegisterSchema
 from app.store import Keys, ProviderStore
@@ -118,6 +119,11 @@ def member(seed: int, index: int) -> Member:
     return Member(id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), status=status, body=body)
 
 
+def token_for(seed: int, index: int) -> str:
+    """Return the provider token of the fleet's `index`-th provider (the bench's daemons send it)."""
+    return f"bench-token-{seed}-{index:07d}"
+
+
 @dataclass(frozen=True)
 class _Chunk:
     redis_url: str
@@ -126,6 +132,7 @@ class _Chunk:
     seed: int
     start: int
     stop: int
+    tokens: bool = False
 
 
 def _load_chunk(job: _Chunk) -> list[tuple[str, str]]:
@@ -143,7 +150,8 @@ def _load_chunk(job: _Chunk) -> list[tuple[str, str]]:
                 # schema costs half as much again as the registration itself).
                 if schema.load(m.body) != m.body:
                     raise ValueError(f"fleet member {index} changes under RegisterSchema")
-            store.register(m.id, m.body, "idle" if m.status == "offline" else m.status)
+            token_hash = hash_secret(token_for(job.seed, index)) if job.tokens else ""
+            store.register(m.id, m.body, "idle" if m.status == "offline" else m.status, token_hash)
             if m.status == "offline":
                 store.heartbeat(m.id, "offline")
             loaded.append((m.id, m.status))
@@ -167,8 +175,11 @@ def load(
     processes: int = 4,
     lease_ttl_s: float = 86400.0,
     timeout_s: float = 900.0,
+    tokens: bool = False,
 ) -> tuple[list[tuple[str, str]], float]:
     """Register providers 0..n-1 of the fleet in parallel processes.
+
+    With `tokens`, provider i holds the token `token_for(seed, i)`, as a daemon holds its own.
 
     Returns:
         The (id, status) of every provider loaded, in index order, and the seconds it took.
@@ -177,7 +188,7 @@ def load(
     """
     chunk = max(1, min(2000, -(-n // processes)))
     jobs = [
-        _Chunk(redis_url, key_prefix, lease_ttl_s, seed, start, min(n, start + chunk))
+        _Chunk(redis_url, key_prefix, lease_ttl_s, seed, start, min(n, start + chunk), tokens)
         for start in range(0, n, chunk)
     ]
     started = time.monotonic()

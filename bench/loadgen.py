@@ -69,6 +69,7 @@ def wrk_command(
     threads: int,
     connections: int,
     script_args: tuple[str, ...] = (),
+    headers: tuple[str, ...] = (),
 ) -> list[str]:
     """Return the wrk command line for one bounded run against a loopback URL.
 
@@ -82,8 +83,11 @@ def wrk_command(
         raise ValueError("need seconds > 0, threads >= 1 and connections >= threads")
     command = [
         wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-        "--timeout", "5s", "-s", str(LUA / script), url,
+        "--timeout", "5s", "-s", str(LUA / script),
     ]
+    for header in headers:
+        command += ["-H", header]
+    command.append(url)
     if script_args:
         command += ["--", *script_args]
     return command
@@ -97,11 +101,12 @@ def run_wrk(
     threads: int,
     connections: int,
     script_args: tuple[str, ...] = (),
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     """Run wrk for `seconds` and return what it measured (killed if it overruns by 30 s)."""
     command = wrk_command(
         url, script, seconds=seconds, threads=threads, connections=connections,
-        script_args=script_args,
+        script_args=script_args, headers=headers,
     )
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if done.returncode != 0:

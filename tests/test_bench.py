@@ -187,7 +187,22 @@ def test_report_says_which_targets_are_met_and_how_it_was_served() -> None:
     }
     text = bench_api.render(report)
     assert "worker class gevent, 2 workers." in text
-    assert "Heartbeats at 10 / floor: median 0.60 (rounds 0.60–0.60); target ≥ 0.5: met." in text
-    assert "Heartbeats at 100 / floor: median 0.25 (rounds 0.25–0.25); target ≥ 0.5: NOT met." in text
+    assert "Heartbeats at 10 / floor: median 0.60 (rounds 0.60–0.60); target ≥ 0.6: met." in text
+    assert "Heartbeats at 100 / floor: median 0.25 (rounds 0.25–0.25); target ≥ 0.6: NOT met." in text
     assert "Query p99 at 100 / at 10: median 3.00" in text and "target ≤ 1.5: NOT met." in text
     assert "| floor | 4000 |" in text
+
+
+def test_redis_cost_counts_a_script_call_once_and_the_commands_clients_sent() -> None:
+    # One heartbeat: the FCALL, and what it ran (GET of the pulse inside, and one GET a client sent).
+    stats = {"fcall": (10, 120), "get": (20, 20), "hmget": (10, 30), "config|resetstat": (1, 5)}
+    shares = {"fcall": 1.0, "get": 0.5, "hmget": 0.0}
+    us, trips = bench_api.redis_cost(stats, shares, 10)
+    assert (us, trips) == (13.0, 2.0)
+
+
+def test_fleet_per_redis_core_follows_redis_time_per_heartbeat() -> None:
+    runs = [_run(0, "floor", rps=4000), _run(0, "heartbeat@10", rps=2400)]
+    runs[1].redis_us_per_request, runs[1].round_trips_per_request = 10.0, 1.0
+    row = bench_api.summarise(runs, [10])["heartbeat_vs_floor"][10]
+    assert row["fleet_per_redis_core"] == 1_000_000 and row["round_trips"] == 1.0

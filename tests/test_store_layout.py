@@ -219,8 +219,9 @@ def test_a_heartbeat_is_one_script_call(providers, redis_db):
     redis_db.config_resetstat()
     providers.heartbeat(body["id"], status="busy", gpu_metrics=[{"temperature_c": 50}])
     calls = command_calls(redis_db)
-    assert calls.pop("evalsha") == 1
-    # What the script did inside that one call: no scan of any kind.
+    # One call of the heartbeat FUNCTION (FCALL), and nothing else outside it.
+    assert calls.pop("fcall") == 1 and "evalsha" not in calls
+    # What the function did inside that one call: no scan of any kind.
     assert not set(calls) & {"keys", "scan", "sscan", "zscan", "hscan"}
 
 

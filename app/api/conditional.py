@@ -14,7 +14,11 @@ def if_match_versions() -> str:
     Weak tags never match (If-Match uses strong comparison); a header that names no version
     we could hold makes the request fail with 412.
     """
-    header = request.headers.get("If-Match")
+    return versions_from(request.headers.get("If-Match"))
+
+
+def versions_from(header: str | None) -> str:
+    """Return what `if_match_versions` returns, from the header's value (None: no header)."""
     if header is None or header.strip() == "*":
         return ""
     versions = [m.group(1) for tag in header.split(",") if (m := _STRONG_TAG.match(tag.strip()))]

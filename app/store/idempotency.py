@@ -57,6 +57,12 @@ def unbind(token: contextvars.Token[Attempt | None]) -> None:
     _ATTEMPT.reset(token)
 
 
+def write_is_fenced() -> bool:
+    """Tell whether the request's next store script runs fenced, under an Idempotency-Key."""
+    attempt = _ATTEMPT.get()
+    return attempt is not None and not attempt.used
+
+
 def derive_seed(credential: str, salt: str) -> bytes:
     """Return the attempt's seed: only the caller's own credential and the record yield it.
 

@@ -5,20 +5,21 @@ import hmac
 import json
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterable
 
 import redis
 from redis.cluster import RedisCluster
 from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
-from ..errors import Forbidden, ProviderNotFound, Unauthorized, VersionMismatch
+from ..errors import Forbidden, ProviderNotFound, RateLimited, Unauthorized, VersionMismatch
 from ..models import DETAIL_FIELDS, LIVE_GPU_FIELDS, Filters, Lease, Page, Provider, Transition
 from .keys import STATUSES, Keys, canonical_name, fold_name
 from .idempotency import run_script as run_fenced
+from .idempotency import write_is_fenced
 from .replication import Replication
-from .scripts import ScriptContext, load_script, pairs, wrap_errors
+from .scripts import FunctionLibrary, ScriptContext, load_script, pairs, wrap_errors
 
-NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH = -1, -2, -3
+NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH, OVER_LIMIT = -1, -2, -3, -4
 # The credential check meaning "the provider must not exist yet" (see write.lua).
 MUST_BE_NEW = "!"
 
@@ -139,11 +140,15 @@ class ProviderStore:
     def __init__(
         self, client: redis.Redis, keys: Keys, lease_ttl_s: float, events_max_len: int = 100_000,
         blind_after_s: float = 0.0, replicas: Replication | None = None,
+        heartbeat_limits: Iterable[tuple[int, float]] = (), heartbeat_limit_text: str = "",
     ) -> None:
         """Args:
             blind_after_s: a pulse older than this means the registry was blind, and leases
                 get their outage grace (lib.lua); 0 turns outage grace off.
             replicas: whether acknowledged writes wait for replicas and reads use them.
+            heartbeat_limits: (amount, window in seconds) pairs: accepted heartbeats per
+                provider, counted inside heartbeat.lua (none: no limit).
+            heartbeat_limit_text: the limits as configured, for the 429's message.
         """
         self.redis = client
         self.keys = keys
@@ -155,7 +160,11 @@ class ProviderStore:
         self._write = load_script(client, "write")
         self._get = load_script(client, "get")
         self._pulse = load_script(client, "pulse")
-        self._heartbeat = load_script(client, "heartbeat")
+        self._heartbeat = load_script(client, "heartbeat_script", "heartbeat")
+        # The hot path: heartbeat.lua as a FUNCTION, with lib.lua loaded once (scripts.py).
+        self._functions = FunctionLibrary(client)
+        self.heartbeat_limits = " ".join(f"{amount} {int(window_s * 1000)}" for amount, window_s in heartbeat_limits)
+        self.heartbeat_limit_text = heartbeat_limit_text
         self._delete = load_script(client, "delete")
         self._sweep = load_script(client, "sweep")
         self._query = load_script(client, "query", "select")
@@ -199,7 +208,8 @@ class ProviderStore:
         if gpu_metrics:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
             metrics = _dumps(live)
-        return [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash]
+        return [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash,
+                self.heartbeat_limits]
 
     def _detail_args(self, details: dict[str, Any]) -> list[Any]:
         fields: list[Any] = []
@@ -282,19 +292,29 @@ class ProviderStore:
     ) -> Lease:
         """Renew a provider's lease, set its status, merge live GPU metrics by position.
 
+        One round trip: the token check and the per-provider heartbeat limit run inside the
+        script, which writes nothing unless it renews (refused heartbeats do not count).
+
         Raises:
             ProviderNotFound: no provider has this ID.
             Unauthorized: `expected_token_hash` is given and is not the provider's.
+            RateLimited: the provider is past its heartbeat limit.
             VersionMismatch: `if_match` does not hold the provider's version.
         """
-        code, now, fields = self.run_script(
-            self._heartbeat, [],
-            self.heartbeat_args(provider_id, status, gpu_metrics, if_match, expected_token_hash),
-        )
+        args = self.heartbeat_args(provider_id, status, gpu_metrics, if_match, expected_token_hash)
+        if write_is_fenced() or not self._functions.usable():
+            code, now, fields = self.run_script(self._heartbeat, [], args)
+        else:
+            code, now, fields = self._functions.call("heartbeat", self.ctx.keys, self.ctx.args + args)
         if code == NOT_FOUND:
             raise ProviderNotFound(provider_id)
         if code == TOKEN_MISMATCH:
             raise token_mismatch(provider_id)
+        if code == OVER_LIMIT:
+            raise RateLimited(
+                f"too many heartbeats for this provider (limit {self.heartbeat_limit_text})",
+                -(-int(fields[0]) // 1000),
+            )
         stored, last_seen, deadline, version = fields
         if code == VERSION_MISMATCH:
             raise VersionMismatch(int(version))

@@ -1,7 +1,9 @@
 -- Heartbeats: PUT /providers/{id}/status with {"status": "<its status>"}, rotating over the
 -- providers of a file, so that every heartbeat renews a different lease and keeps the
 -- provider's status (the query's selectivity stays the same during the run).
--- Script arguments: [1] path of a file of "id status" lines, [2] the number of wrk threads.
+-- Script arguments: [1] path of a file of "id status" or "id status token" lines, [2] the
+-- number of wrk threads. With a token, each heartbeat sends it as its provider's daemon does
+-- (Authorization: Bearer <token>).
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 dofile(here .. "report.lua")
 
@@ -11,16 +13,17 @@ function setup(thread)
   started = started + 1
 end
 
-local paths, bodies, n, i = {}, {}, 0, 0
-local headers = {["Content-Type"] = "application/json"}
+local requests, n, i = {}, 0, 0
 
 function init(args)
   for line in io.lines(args[1]) do
-    local id, status = line:match("^(%S+) (%S+)$")
+    local id, status, token = line:match("^(%S+) (%S+) ?(%S*)$")
     if id then
       n = n + 1
-      paths[n] = "/providers/" .. id .. "/status"
-      bodies[n] = '{"status":"' .. status .. '"}'
+      local headers = {["Content-Type"] = "application/json"}
+      if token ~= "" then headers["Authorization"] = "Bearer " .. token end
+      requests[n] = wrk.format("PUT", "/providers/" .. id .. "/status", headers,
+        '{"status":"' .. status .. '"}')
     end
   end
   if n == 0 then error("no providers in " .. args[1]) end
@@ -30,5 +33,5 @@ end
 
 function request()
   i = i % n + 1
-  return wrk.format("PUT", paths[i], headers, bodies[i])
+  return requests[i]
 end

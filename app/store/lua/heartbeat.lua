@@ -1,4 +1,6 @@
--- Renew a provider's lease, optionally set its status and merge live GPU metrics.
+-- Renew a provider's lease, optionally set its status and merge live GPU metrics: the
+-- function `heartbeat(argv)`, run as the FUNCTION `registry_heartbeat_<version>` (functions.lua)
+-- and as a script (heartbeat_script.lua: under an Idempotency-Key, or on Redis 6).
 -- KEYS[1..10] the registry's fixed keys (lib.lua)
 -- ARGV[1..8] the registry's fixed arguments (lib.lua)
 -- ARGV[9] provider ID    ARGV[10] lease TTL in ms    ARGV[11] new status, or "" to keep it
@@ -6,59 +8,47 @@
 -- ARGV[13] If-Match versions ("" for any)
 -- ARGV[14] SHA-256 of the caller's provider token, which must equal the stored token_hash,
 --          or "" when the caller's role allows it without one
--- Returns {code, now_ms, {status, last_seen_at, lease_expires_at, version}}: code 1 renewed,
--- -1 no such provider, -2 the token does not match (nothing changed, empty list),
--- -3 If-Match failed (a heartbeat answers little: it is the hot path).
-local a = CTX_ARGS
-local id, ttl, wanted, metrics, if_match, token =
-  ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6]
+-- ARGV[15] the per-provider heartbeat limits, "<amount> <window ms>" pairs separated by
+--          spaces (rate_limit_heartbeat), or "" for none
+-- Returns {code, now_ms, fields}: code 1 renewed, fields {status, last_seen_at,
+-- lease_expires_at, version}; -1 no such provider ({}); -2 the token does not match ({});
+-- -4 over the heartbeat limit ({ms until a window closes}); -3 If-Match failed (the same
+-- fields as 1). Nothing is written unless the code is 1, so refused heartbeats do not count.
 
-local h = read_state(id)
-if not h then return {-1, ctx.now, {}} end
-if token ~= '' and redis.call('HGET', hkey(id), 'token_hash') ~= token then
-  return {-2, ctx.now, {}}
-end
-local function ack()
-  return redis.call('HMGET', hkey(id), 'status', 'last_seen_at', 'lease_expires_at', 'version')
-end
-if not version_matches(h, if_match) then return {-3, ctx.now, ack()} end
+-- What a plain renewal reads, in one HMGET: what tells whether the state changes, the
+-- token, the limit's windows. What only a change of status needs is read then (MORE_FIELDS).
+local HEARTBEAT_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claim_expires_at',
+  'claim_confirmed', 'version', 'grace_until', 'token_hash', 'heartbeat_windows'}
+local MORE_FIELDS = {'summary', 'bucket_stems', 'claimant'}
 
--- A lease or claim that lapsed before this heartbeat is written to the feed first.
-settle(id, h)
-local was = h.status
-
-local status = was
-if wanted == '' or (wanted == 'idle' and h.claim_id) then
-  -- No status, or "idle" from a daemon that has not heard of its job yet: the claim holds.
-  if was == 'offline' then status = 'idle' end
-elseif wanted == 'maintenance' or wanted == 'error' or wanted == 'offline' then
-  end_claim(id, h, wanted)
-  status = wanted
-else
-  status = wanted
-end
-
-if status == 'offline' then
-  -- The daemon is shutting down: the lease ends now.
-  redis.call('DEL', ctx.lease_prefix .. id)
-  redis.call('ZREM', ctx.leases, id)
-  end_grace(id, h)
-  redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', ctx.now)
-else
-  renew_lease(id, ttl, h)
-end
-
-if status ~= was then
-  set_status(id, h, status)
-  bump(id, h)
-  if was == 'offline' then
-    emit('online', id, ctx.now, {'status', status, 'version', h.version})
-  else
-    emit('status_changed', id, ctx.now, {'from', was, 'to', status, 'version', h.version})
+local function read_more(id, h)
+  local v = redis.call('HMGET', hkey(id), unpack(MORE_FIELDS))
+  for i, name in ipairs(MORE_FIELDS) do
+    if v[i] ~= false then h[name] = v[i] end
   end
 end
 
-if metrics ~= '' then
+-- Count an accepted heartbeat against the limits: one fixed window per limit, opened by the
+-- first heartbeat it counts, kept in the provider's hash as "<end ms> <count>" pairs.
+-- Returns the field's new value; or nil and the ms until the full window closes; or nil, nil
+-- when there is no limit.
+local function count_heartbeat(limits, counted)
+  if limits == '' then return nil, nil end
+  local state = {}
+  for n in string.gmatch(counted or '', '%d+') do state[#state + 1] = tonumber(n) end
+  local out, i, wait = {}, 0, nil
+  for amount, window in string.gmatch(limits, '(%d+) (%d+)') do
+    local ends, n = state[2 * i + 1], state[2 * i + 2]
+    i = i + 1
+    if not ends or not n or ends <= ctx.now then ends, n = ctx.now + tonumber(window), 0 end
+    if n >= tonumber(amount) then wait = math.max(wait or 0, ends - ctx.now) end
+    out[#out + 1], out[#out + 2] = ends, n + 1
+  end
+  if wait then return nil, wait end
+  return table.concat(out, ' '), nil
+end
+
+local function merge_metrics(id, metrics)
   local gpus = cjson.decode(redis.call('HGET', hkey(id), 'gpus'))
   for i, live in ipairs(cjson.decode(metrics)) do
     if gpus[i] then
@@ -78,4 +68,71 @@ if metrics ~= '' then
   mark_irregular(id, gpu_keys)
 end
 
-return {1, ctx.now, ack()}
+local function heartbeat(argv)
+  local a = CTX_ARGS
+  local id, ttl, wanted, metrics, if_match, token, limits =
+    argv[a + 1], tonumber(argv[a + 2]), argv[a + 3], argv[a + 4], argv[a + 5], argv[a + 6],
+    argv[a + 7] or ''
+
+  local h = read_fields(id, HEARTBEAT_FIELDS)
+  if not h then return {-1, ctx.now, {}} end
+  if token ~= '' and h.token_hash ~= token then return {-2, ctx.now, {}} end
+  local windows, wait = count_heartbeat(limits, h.heartbeat_windows)
+  if wait then return {-4, ctx.now, {wait}} end
+  if not version_matches(h, if_match) then
+    return {-3, ctx.now,
+      redis.call('HMGET', hkey(id), 'status', 'last_seen_at', 'lease_expires_at', 'version')}
+  end
+
+  if h.status == 'offline' or (wanted ~= '' and wanted ~= h.status) or claim_lapsed(h)
+      or lease_lapsed(h) then
+    read_more(id, h)
+  end
+  -- A lease or claim that lapsed before this heartbeat is written to the feed first.
+  settle(id, h)
+  local was = h.status
+
+  local status = was
+  if wanted == '' or (wanted == 'idle' and h.claim_id) then
+    -- No status, or "idle" from a daemon that has not heard of its job yet: the claim holds.
+    if was == 'offline' then status = 'idle' end
+  elseif wanted == 'maintenance' or wanted == 'error' or wanted == 'offline' then
+    end_claim(id, h, wanted)
+    status = wanted
+  else
+    status = wanted
+  end
+
+  local deadline = ctx.now
+  if status == 'offline' then
+    -- The daemon is shutting down: the lease ends now.
+    redis.call('DEL', ctx.lease_prefix .. id)
+    redis.call('ZREM', ctx.leases, id)
+    end_grace(id, h)
+    if windows then
+      redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', ctx.now,
+        'heartbeat_windows', windows)
+    else
+      redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', ctx.now)
+    end
+  elseif windows then
+    deadline = renew_lease(id, ttl, h, 'heartbeat_windows', windows)
+  else
+    deadline = renew_lease(id, ttl, h)
+  end
+
+  if status ~= was then
+    set_status(id, h, status)
+    bump(id, h)
+    if was == 'offline' then
+      emit('online', id, ctx.now, {'status', status, 'version', h.version})
+    else
+      emit('status_changed', id, ctx.now, {'from', was, 'to', status, 'version', h.version})
+    end
+  end
+
+  if metrics ~= '' then merge_metrics(id, metrics) end
+
+  -- The answer from what the call read and wrote: no second read of the hash.
+  return {1, ctx.now, {h.status, ctx.now, deadline, h.version or 0}}
+end

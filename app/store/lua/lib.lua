@@ -1,4 +1,5 @@
--- Shared helpers, prepended to every script when it is loaded (once, at start-up).
+-- Shared helpers: prepended to every script when it is loaded (once, at start-up), and the
+-- first part of the registry's FUNCTION library (functions.lua), where they are loaded once.
 --
 -- Every script receives the registry's fixed keys first, in this order, so that these helpers
 -- can find them (CTX_KEYS below); scripts list their own keys after them:
@@ -10,6 +11,8 @@
 -- and ARGV[1] provider hash key prefix, ARGV[2] status key prefix, ARGV[3] lease key prefix,
 -- ARGV[4] events max length, ARGV[5] GPU model index prefix, ARGV[6] architecture index prefix,
 -- ARGV[7] lease TTL in ms, ARGV[8] blind after this many ms without a pulse (0: never).
+-- Nothing here runs at load time: `begin(keys, argv)` (at the end) opens each call; a script
+-- gets it from begin.lua, a function calls it first.
 local CTX_KEYS, CTX_ARGS = 10, 8
 
 local function now_ms()
@@ -17,15 +20,9 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The registry's one clock: Redis server time, the same for every instance.
-local ctx = {
-  providers = KEYS[1], leases = KEYS[2], claims = KEYS[3], irregular = KEYS[4],
-  events = KEYS[5], counts = KEYS[6], gpu_catalog = KEYS[7], arch_catalog = KEYS[8],
-  hash_prefix = ARGV[1], status_prefix = ARGV[2], lease_prefix = ARGV[3],
-  events_max_len = tonumber(ARGV[4]), gpu_prefix = ARGV[5], arch_prefix = ARGV[6],
-  pulse = KEYS[9], grace = KEYS[10], lease_ttl = tonumber(ARGV[7]), blind_after = tonumber(ARGV[8]),
-  now = now_ms(),
-}
+-- The current call's fixed keys and arguments, and the registry's one clock: Redis server
+-- time, the same for every instance. Filled by `begin`.
+local ctx = {}
 
 local function hkey(id) return ctx.hash_prefix .. id end
 
@@ -33,14 +30,19 @@ local function hkey(id) return ctx.hash_prefix .. id end
 local STATE_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claimant', 'claim_expires_at',
   'claim_confirmed', 'summary', 'version', 'index_keys', 'bucket_stems', 'grace_until'}
 local STATUSES = {'idle', 'busy', 'maintenance', 'error', 'offline'}
-local function read_state(id)
-  local v = redis.call('HMGET', hkey(id), unpack(STATE_FIELDS))
+-- A provider's state from HMGET of `fields` (status first); nil when it does not exist.
+local function read_fields(id, fields)
+  local v = redis.call('HMGET', hkey(id), unpack(fields))
   if v[1] == false then return nil end
   local h = {}
-  for i, name in ipairs(STATE_FIELDS) do
+  for i, name in ipairs(fields) do
     if v[i] ~= false then h[name] = v[i] end
   end
   return h
+end
+
+local function read_state(id)
+  return read_fields(id, STATE_FIELDS)
 end
 
 -- Append one event to the change feed; `extra` is a flat list of field/value pairs.
@@ -227,13 +229,17 @@ local function end_claim(id, h, reason)
   end
 end
 
--- Renew the lease from now.
-local function renew_lease(id, ttl, h)
+-- Renew the lease from now; `field`, `value` (optional) go into the same HSET.
+local function renew_lease(id, ttl, h, field, value)
   end_grace(id, h)
   local deadline = ctx.now + ttl
   redis.call('SET', ctx.lease_prefix .. id, ctx.now, 'PX', ttl)
   redis.call('ZADD', ctx.leases, deadline, id)
-  redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline)
+  if field then
+    redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline, field, value)
+  else
+    redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline)
+  end
   return deadline
 end
 
@@ -325,10 +331,21 @@ local function grant_grace(blind_since)
   emit('outage', '', ctx.now, {'blind_since', blind_since, 'leases', #ids})
 end
 
-if ctx.blind_after > 0 then
-  local pulse = tonumber(redis.call('GET', ctx.pulse))
-  if pulse and ctx.now - pulse > ctx.blind_after then
-    grant_grace(pulse)
-    redis.call('SET', ctx.pulse, ctx.now)
+-- Open a call: fill ctx from its fixed keys and arguments, read the clock, and grant the
+-- outage grace first if the registry was blind (one GET of the pulse).
+local function begin(keys, argv)
+  ctx.providers, ctx.leases, ctx.claims, ctx.irregular = keys[1], keys[2], keys[3], keys[4]
+  ctx.events, ctx.counts, ctx.gpu_catalog, ctx.arch_catalog = keys[5], keys[6], keys[7], keys[8]
+  ctx.pulse, ctx.grace = keys[9], keys[10]
+  ctx.hash_prefix, ctx.status_prefix, ctx.lease_prefix = argv[1], argv[2], argv[3]
+  ctx.events_max_len, ctx.gpu_prefix, ctx.arch_prefix = tonumber(argv[4]), argv[5], argv[6]
+  ctx.lease_ttl, ctx.blind_after = tonumber(argv[7]), tonumber(argv[8])
+  ctx.now = now_ms()
+  if ctx.blind_after > 0 then
+    local pulse = tonumber(redis.call('GET', ctx.pulse))
+    if pulse and ctx.now - pulse > ctx.blind_after then
+      grant_grace(pulse)
+      redis.call('SET', ctx.pulse, ctx.now)
+    end
   end
 end
