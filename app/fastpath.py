@@ -40,6 +40,7 @@ from .auth import KEYRING_EXTENSION, MAX_CREDENTIAL_CHARS
 from .errors import StoreUnavailable, error_body
 from .keyring import hash_secret
 from .logs import access_log, log_request, request_id_from
+from .metrics import request_done
 from .registry import EXTENSION
 from .schemas import HeartbeatSchema
 
@@ -180,12 +181,21 @@ class HeartbeatFastPath:
                 ("X-Request-ID", request_id),
             ],
         )
+        elapsed_s = time.perf_counter() - started
+        path = environ.get("PATH_INFO", "")
         if access_log.isEnabledFor(logging.INFO):
-            log_request(
-                request_id, environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), status,
-                (time.perf_counter() - started) * 1000, fields,
-            )
+            log_request(request_id, environ["REQUEST_METHOD"], path, status, elapsed_s * 1000, fields)
+        request_done(
+            _rule_of(path), environ["REQUEST_METHOD"], status, elapsed_s, heartbeat=True,
+            error_code=body.get("code") if status >= 400 else None,
+        )
         return [payload]
+
+
+def _rule_of(path: str) -> str:
+    """Return the Flask rule a heartbeat path matches, as the request metrics label it."""
+    prefix = "/api/v1" if path.startswith("/api/v1/") else ""
+    return f"{prefix}/providers/<uuid:provider_id>/{path.rsplit('/', 1)[1]}"
 
 
 _REASONS = {200: "OK", 503: "SERVICE UNAVAILABLE"}

@@ -114,19 +114,27 @@ def _observe(response: Response) -> Response:
     else:
         # Unrouted paths and odd methods are the caller's choice: one label each, not one per path.
         route, method = UNMATCHED, request.method if request.method in _METHODS else "OTHER"
+    heartbeat = rule is not None and rule.endpoint.endswith(".heartbeat")
+    request_done(route, method, status, elapsed, heartbeat, g.get("error_code"))
+    return response
+
+
+def request_done(
+    route: str, method: str, status: int, elapsed_s: float, heartbeat: bool, error_code: str | None
+) -> None:
+    """Count one answered request; Flask's hook and the heartbeat's fast path both call it."""
     children = _CHILDREN.get((route, method, status))
     if children is None:
         children = _CHILDREN[(route, method, status)] = (
             REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method)
         )
     children[0].inc()
-    children[1].observe(elapsed)
-    if rule is not None and rule.endpoint.endswith(".heartbeat"):
+    children[1].observe(elapsed_s)
+    if heartbeat:
         if status < 400:
             HEARTBEATS_ACCEPTED.inc()
         else:
-            HEARTBEATS_REFUSED.labels(g.get("error_code") or str(status)).inc()
-    return response
+            HEARTBEATS_REFUSED.labels(error_code or str(status)).inc()
 
 
 def swept(transitions: Iterable["Transition"]) -> None:
