@@ -37,7 +37,7 @@ from marshmallow import ValidationError
 from . import MAX_BODY_BYTES
 from .api.conditional import versions_from
 from .auth import KEYRING_EXTENSION, MAX_CREDENTIAL_CHARS
-from .errors import StoreUnavailable, error_body
+from .errors import MalformedBody, RequestTimeout, StoreUnavailable, error_body
 from .keyring import hash_secret
 from .logs import access_log, log_request, request_id_from
 from .metrics import request_done
@@ -145,8 +145,15 @@ class HeartbeatFastPath:
         self, environ: dict[str, Any], start_response: StartResponse, provider_id: str, started: float
     ) -> Iterable[bytes]:
         token_hash = self._token_hash(environ)
-        data = self._body(environ, provider_id)
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
+        try:
+            data = self._body(environ, provider_id)
+        except (RequestTimeout, MalformedBody) as exc:
+            # The body is spent: no one could read it again (app/body.py closes the connection).
+            return self._answer(
+                environ, start_response, exc.status, error_body(exc.code, exc.message, exc.details),
+                exc.headers, request_id, started, {},
+            )
         fields = {"client_timestamp": data["timestamp"]} if "timestamp" in data else {}
         try:
             lease = self.registry.store.heartbeat(
@@ -198,7 +205,7 @@ def _rule_of(path: str) -> str:
     return f"{prefix}/providers/<uuid:provider_id>/{path.rsplit('/', 1)[1]}"
 
 
-_REASONS = {200: "OK", 503: "SERVICE UNAVAILABLE"}
+_REASONS = {200: "OK", 400: "BAD REQUEST", 408: "REQUEST TIMEOUT", 503: "SERVICE UNAVAILABLE"}
 
 
 def install_fast_path(app: Flask) -> None:

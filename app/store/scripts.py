@@ -118,9 +118,11 @@ class FunctionLibrary:
         code = "\n".join(_lua(part) for part in self.PARTS)
         self.version = hashlib.sha1(code.encode()).hexdigest()[:16]
         self.code = f"#!lua name=registry_{self.version}\nlocal VERSION = '{self.version}'\n{code}"
-        self.pool = client.connection_pool
+        # A Redis Cluster client has no one pool: there the heartbeat runs as a script (a
+        # FUNCTION would have to be loaded on every node, replicas included).
+        self.pool = getattr(client, "connection_pool", None)
         # None until the first call finds out; False on a Redis without FUNCTIONs.
-        self.supported: bool | None = None
+        self.supported: bool | None = None if self.pool is not None else False
 
     def name(self, function: str) -> str:
         """Return the FCALL name of one of the library's functions."""
