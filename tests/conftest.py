@@ -88,9 +88,9 @@ class AdminClient(FlaskClient):
         self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_KEY}"
 
 
-@pytest.fixture
-def make_app(settings: Settings, redis_db: redis.Redis) -> Iterator[Callable[..., Flask]]:
-    """Build apps on the private Redis with settings changed by keyword arguments."""
+def app_builder(settings: Settings) -> Iterator[Callable[..., Flask]]:
+    """Yield a function that builds test apps from `settings` changed by keyword arguments;
+    close their Redis clients afterwards (for `yield from` in a fixture)."""
     built: list[Flask] = []
 
     def make(**overrides: Any) -> Flask:
@@ -103,6 +103,12 @@ def make_app(settings: Settings, redis_db: redis.Redis) -> Iterator[Callable[...
     yield make
     for app in built:
         app.extensions[EXTENSION].close()
+
+
+@pytest.fixture
+def make_app(settings: Settings, redis_db: redis.Redis) -> Iterator[Callable[..., Flask]]:
+    """Build apps on the private Redis with settings changed by keyword arguments."""
+    yield from app_builder(settings)
 
 
 @pytest.fixture

@@ -1,19 +1,17 @@
 """The registry on a Redis Cluster: every key in one slot through the prefix's hash tag."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Iterator
 
 import pytest
 import redis
 
-from app import create_app
 from app.config import Settings
 from app.jobs.leader import LeaderLease
 from app.registry import EXTENSION
 
-from .conftest import AdminClient, GENEROUS_LIMIT, TEST_API_KEYS, gpu, provider_body
+from .conftest import GENEROUS_LIMIT, TEST_API_KEYS, app_builder, gpu, provider_body
 from .redis_cluster import RedisClusterNodes
 
 PREFIX = "{registry}:"
@@ -37,24 +35,12 @@ def cluster(cluster_nodes: RedisClusterNodes) -> RedisClusterNodes:
 
 @pytest.fixture
 def make_app(cluster: RedisClusterNodes) -> Iterator[Any]:
-    built = []
-
-    def make(**overrides: Any) -> Any:
-        settings = Settings(
-            redis_url="", redis_cluster_nodes=cluster.addresses, key_prefix=PREFIX,
-            api_keys=TEST_API_KEYS, rate_limit_per_client=GENEROUS_LIMIT,
-            rate_limit_heartbeat=GENEROUS_LIMIT, rate_limit_unauthenticated=GENEROUS_LIMIT,
-            consul_enabled=False,
-        )
-        app = create_app(dataclasses.replace(settings, **overrides))
-        app.config["TESTING"] = True
-        app.test_client_class = AdminClient
-        built.append(app)
-        return app
-
-    yield make
-    for app in built:
-        app.extensions[EXTENSION].close()
+    yield from app_builder(Settings(
+        redis_url="", redis_cluster_nodes=cluster.addresses, key_prefix=PREFIX,
+        api_keys=TEST_API_KEYS, rate_limit_per_client=GENEROUS_LIMIT,
+        rate_limit_heartbeat=GENEROUS_LIMIT, rate_limit_unauthenticated=GENEROUS_LIMIT,
+        consul_enabled=False,
+    ))
 
 
 @pytest.fixture
