@@ -10,11 +10,12 @@ from collections import defaultdict
 from typing import Any
 
 from .keys import Keys, canonical_name, fold_name
+from ..rules import UNHEALTHY_MARK, is_claim_field, is_irregular
 
-
-def is_claim_field(name: str) -> bool:
-    """Return whether a hash field belongs to a claim (a restore drops them: claims end)."""
-    return name.startswith("claim_") or name == "claimant"
+__all__ = [
+    "bucket_stems", "dumps", "gpu_buckets", "gpu_token", "index_entries", "is_claim_field", "is_irregular",
+    "summary_contribution",
+]
 
 
 def dumps(value: Any) -> str:
@@ -28,7 +29,7 @@ def gpu_token(gpu: dict[str, Any]) -> str:
     GPU list (heartbeat.lua keeps the mark in step with `is_healthy`).
     """
     arch = canonical_name(gpu.get("architecture") or "")
-    unhealthy = "!" if gpu.get("is_healthy") is False else ""
+    unhealthy = UNHEALTHY_MARK if gpu.get("is_healthy") is False else ""
     return f"{canonical_name(gpu['model_name'])}|{arch}|{gpu['vram_mb']}{unhealthy}"
 
 
@@ -89,14 +90,3 @@ def summary_contribution(details: dict[str, Any]) -> list[list[Any]]:
         location = fold_name(details["location"])
         out += [["lp", location, 1], ["lg", location, len(details["gpus"])]]
     return out
-
-
-def is_irregular(gpu_keys: str, gpus: list[dict[str, Any]]) -> bool:
-    """Return whether a provider belongs in the irregular set: lib.lua's rule, for a restore.
-
-    Index arithmetic alone cannot answer a per-GPU filter for it: a GPU is unhealthy, or its
-    GPUs differ in canonical model or architecture.
-    """
-    tokens = gpu_keys.split()
-    kinds = {token.rsplit("|", 1)[0] for token in tokens}
-    return len(kinds) > 1 or any(token.endswith("!") for token in tokens)

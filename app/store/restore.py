@@ -13,6 +13,7 @@ from redis.cluster import RedisCluster
 from .indexing import dumps, gpu_buckets, gpu_token, index_entries, is_claim_field, is_irregular, summary_contribution
 from .keys import Keys
 from .maintenance import ms
+from ..rules import OFFLINE, counter_field
 from .scripts import wrap_errors
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class RestoreMixin:
             name: value for name, value in fields.items()
             if not is_claim_field(name) and name != "grace_until"
         }
-        out["status"] = "offline"
+        out["status"] = OFFLINE
         deadline = _int_or_none(out.get("lease_expires_at"))
         if deadline is None or deadline > now_ms:
             out["lease_expires_at"] = str(now_ms)
@@ -96,7 +97,7 @@ class RestoreMixin:
                 # Restored providers are offline: their buckets are the offline ones, and each
                 # GPU index records the VRAM sizes present (member and score the size).
                 entries = index_entries(self.keys, details)
-                bucket_members = [(Keys.bucket(index, vram, "offline"), vram) for index, vram in buckets]
+                bucket_members = [(Keys.bucket(index, vram, OFFLINE), vram) for index, vram in buckets]
                 sizes = [(index, vram) for index, vram in buckets]
                 derived = (gpu_keys, dumps(contribution), contribution,
                            (entries, bucket_members, sizes, stems), is_irregular(gpu_keys, gpus))
@@ -145,7 +146,7 @@ class RestoreMixin:
             if irregular:
                 irregular_ids.append(provider_id)
             for kind, name, n in contribution:
-                counters[f"offline|{kind}|{name}"] += n
+                counters[counter_field(OFFLINE, kind, name)] += n
         args = providers + [len(groups)]
         for key, members in groups.items():
             args += [key, len(members) // 2, *members]
