@@ -4,9 +4,6 @@ from __future__ import annotations
 import pytest
 
 from app.errors import ProviderNotFound
-from app.models import Filters
-from app.store.indexing import is_irregular
-from app.store.selection import filter_args, filter_keys
 
 from .conftest import gpu, new_id, provider_body
 
@@ -48,25 +45,3 @@ def test_heartbeat_update_rotate_and_delete_on_one_pipeline(registry):
     with pytest.raises(ProviderNotFound):
         store.get(provider_id)
     assert store.generation() == "g-1"
-
-
-def test_selection_arguments_are_shared_by_the_query_and_claims(registry):
-    filters = Filters(gpu_model="A100", min_vram=40000)
-    store = registry.store
-    assert store.filter_keys(filters) == filter_keys(store.keys, filters)
-    assert store.filter_args(filters) == filter_args(filters)
-    assert registry.claims.providers.filter_keys(filters) == filter_keys(store.keys, filters)
-
-
-@pytest.mark.parametrize(
-    ("tokens", "irregular"),
-    [
-        ("nvidia+a100|ampere|81920 nvidia+a100|ampere|81920", False),
-        ("nvidia+a100|ampere|81920 nvidia+a100|ampere|40960", False),
-        ("nvidia+a100|ampere|81920 nvidia+h100|hopper|81920", True),
-        ("nvidia+a100|ampere|81920!", True),
-        ("", False),
-    ],
-)
-def test_irregular_is_mixed_kinds_or_an_unhealthy_gpu(tokens, irregular):
-    assert is_irregular(tokens, []) is irregular
