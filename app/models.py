@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from .rules import effective_status
+
 DETAIL_FIELDS = ("owner_id", "name", "hostname", "ip_address", "location")
 # Live GPU fields a heartbeat may update; the rest of a GPU changes only with its details.
 LIVE_GPU_FIELDS = (
@@ -104,11 +106,10 @@ class Provider:
 
     def effective_status(self, now_ms: int) -> str:
         """Return the status as of `now_ms`: deadlines count from the instant they pass."""
-        if not self.lease_live(now_ms):
-            return "offline"
-        if self.claim_id is not None and not self.claim_live(now_ms):
-            return "idle"  # an unconfirmed claim lapsed
-        return self.status
+        return effective_status(
+            self.status, self.lease_expires_at_ms, self.claim_id, self.claim_confirmed,
+            self.claim_expires_at_ms, now_ms,
+        )
 
     def liveness(self, now_ms: int) -> str:
         """Return `live`, `grace` (the lease runs on after an outage of the registry, and the

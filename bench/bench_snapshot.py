@@ -62,7 +62,7 @@ def fill(registry: Registry, n: int, batch: int = 1000) -> None:
         pipe = registry.redis.pipeline(transaction=False)
         for i in range(start, min(n, start + batch)):
             provider_id = str(uuid.UUID(int=i + 1))
-            store.run_script(store._write, [], store.register_args(provider_id, details(i), "idle"), pipe)
+            store.register(provider_id, details(i), "idle", pipeline=pipe)
         pipe.execute()
 
 
@@ -73,7 +73,7 @@ def heartbeat_all(registry: Registry, n: int, batch: int = 1000) -> None:
         pipe = registry.redis.pipeline(transaction=False)
         for i in range(start, min(n, start + batch)):
             pid = str(uuid.UUID(int=i + 1))
-            store.run_script(store._heartbeat, [], store.heartbeat_args(pid), pipe)
+            store.heartbeat(pid, pipeline=pipe)
         pipe.execute()
 
 

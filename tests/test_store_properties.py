@@ -18,7 +18,7 @@ from app.errors import ProviderNotFound
 from app.registry import Registry
 from app.models import Filters
 from app.store.keys import LIVE_STATUSES, STATUSES, Keys, canonical_name, fold_name
-from app.store.providers import gpu_buckets, gpu_token, index_entries
+from app.store.indexing import gpu_buckets, gpu_token, index_entries
 
 IDS = [f"00000000-0000-4000-8000-00000000000{i}" for i in range(2)]
 # Few names, so that providers are often regular (one canonical model) and writes can flip

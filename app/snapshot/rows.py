@@ -17,6 +17,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from ..rules import effective_status_of_hash as effective_status
 from ..store import canonical_name
 
 log = logging.getLogger(__name__)
@@ -29,27 +30,6 @@ COLUMNS = (
 COPY_SQL = f"COPY providers ({', '.join(COLUMNS)}) FROM STDIN"
 NULL = r"\N"
 REPLACEMENT = "\ufffd"
-
-
-def effective_status(fields: dict[str, str], now_ms: int) -> str:
-    """Return the status as the API shows it at `now_ms` (the rule of Provider.effective_status).
-
-    Offline from the lease deadline on; idle again from the deadline of an unconfirmed claim.
-    """
-    status = fields.get("status") or "offline"
-    if status == "offline" or _ms(fields.get("lease_expires_at")) <= now_ms:
-        return "offline"
-    if fields.get("claim_id") is not None and fields.get("claim_confirmed") != "1" \
-            and _ms(fields.get("claim_expires_at")) <= now_ms:
-        return "idle"
-    return status
-
-
-def _ms(value: str | None) -> int:
-    try:
-        return int(value or 0)
-    except ValueError:
-        return 0
 
 
 def copy_text(value: str | None) -> str:

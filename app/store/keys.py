@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 from urllib.parse import quote_plus
 
-STATUSES = ("idle", "busy", "maintenance", "error", "offline")
-LIVE_STATUSES = ("idle", "busy", "maintenance", "error")
+from ..rules import BUCKET_SEP, LIVE_STATUSES, NO_KEY_SUFFIX, PROVIDER_SUFFIX, STATUSES
+
+__all__ = ["LIVE_STATUSES", "STATUSES", "Keys", "canonical_name", "fold_name"]
 
 
 def fold_name(name: str) -> str:
@@ -36,12 +37,12 @@ class Keys:
         self.irregular = f"{prefix}irregular"
         self.events = f"{prefix}events"
         self.counts = f"{prefix}counts"
-        self.provider_prefix = f"{prefix}provider:"
+        self.provider_prefix = f"{prefix}{PROVIDER_SUFFIX}"
         self.lease_prefix = f"{prefix}lease:"
         self.tmp_prefix = f"{prefix}tmp:"
         # Names an unused key argument of a script; never written. A Redis Cluster refuses ""
         # there: it hashes to another slot than the prefix's hash tag.
-        self.no_key = f"{prefix}tmp:none"
+        self.no_key = f"{prefix}{NO_KEY_SUFFIX}"
         self.gpu_prefix = f"{prefix}gpu:"
         self.arch_prefix = f"{prefix}arch:"
         # Canonical name -> folded name of every GPU model and architecture that has an index:
@@ -106,7 +107,7 @@ class Keys:
 
         Every member scores `vram_mb`, so a bucket also sorts by ID.
         """
-        return f"{gpu_index}:{vram_mb}:{status}"
+        return f"{gpu_index}{BUCKET_SEP}{vram_mb}{BUCKET_SEP}{status}"
 
     def architecture(self, architecture: str) -> str:
         """Providers with at least one GPU of `architecture`."""

@@ -12,6 +12,7 @@ from redis.sentinel import MasterNotFoundError, SlaveNotFoundError
 
 from ..errors import StoreTimeout, StoreUnavailable
 from .keys import Keys
+from ..rules import lua_prelude
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,10 +67,12 @@ def _lua(name: str) -> str:
 def load_script(client: redis.Redis, name: str, *libs: str) -> Any:
     """Register `name`.lua with the shared libraries prepended (always lib.lua first).
 
+    The prelude generated from rules.py (constants shared with Python) comes before lib.lua.
+
     begin.lua follows lib.lua: it opens the call (lib.lua), before the other libraries' own
     top-level code reads ctx.
     """
-    parts = [_lua(part) for part in ("lib", "begin", *libs, name)]
+    parts = [lua_prelude(), *(_lua(part) for part in ("lib", "begin", *libs, name))]
     return client.register_script("\n".join(parts))
 
 
@@ -115,7 +118,7 @@ class FunctionLibrary:
     PARTS = ("lib", "heartbeat", "functions")
 
     def __init__(self, client: redis.Redis) -> None:
-        code = "\n".join(_lua(part) for part in self.PARTS)
+        code = "\n".join([lua_prelude(), *(_lua(part) for part in self.PARTS)])
         self.version = hashlib.sha1(code.encode()).hexdigest()[:16]
         self.code = f"#!lua name=registry_{self.version}\nlocal VERSION = '{self.version}'\n{code}"
         # A Redis Cluster client has no one pool: there the heartbeat runs as a script (a

@@ -5,6 +5,7 @@ from collections import defaultdict
 from typing import Any
 
 from .keys import STATUSES
+from ..rules import IDLE, parse_counter_field
 from .providers import ProviderStore
 from .scripts import load_script, wrap_errors
 
@@ -28,8 +29,8 @@ class CapacityStore:
             lambda: {"providers": 0, "idle_providers": 0, "gpus": 0, "idle_gpus": 0}
         )
         for field, value in zip(flat[::2], flat[1::2]):
-            status, kind, name = field.split("|", 2)
-            idle = status == "idle"
+            status, kind, name = parse_counter_field(field)
+            idle = status == IDLE
             if kind == "n":
                 by_status[status] = by_status.get(status, 0) + value
             elif kind == "mp":

@@ -27,9 +27,8 @@ local ctx = {}
 local function hkey(id) return ctx.hash_prefix .. id end
 
 -- The fields every state transition needs, read in one call.
-local STATE_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claimant', 'claim_expires_at',
-  'claim_confirmed', 'summary', 'version', 'index_keys', 'bucket_stems', 'grace_until'}
-local STATUSES = {'idle', 'busy', 'maintenance', 'error', 'offline'}
+-- STATE_FIELDS, STATUSES, CLAIM_FIELDS, counter_field and the other constants come from the
+-- prelude generated from app/rules.py (scripts.py puts it first).
 -- A provider's state from HMGET of `fields` (status first); nil when it does not exist.
 local function read_fields(id, fields)
   local v = redis.call('HMGET', hkey(id), unpack(fields))
@@ -53,13 +52,13 @@ local function emit(kind, id, at, extra)
   redis.call(unpack(args))
 end
 
--- Summary counters: field "<status>|<kind>|<name>" of the counts hash. A provider's
+-- Summary counters: field "<status>|<kind>|<name>" of the counts hash (counter_field). A provider's
 -- contribution (its "summary" field, JSON [[kind, name, n], ...]) is counted under its
 -- stored status and moved whenever that status changes.
 local function count(summary, status, sign)
   if not summary or summary == '' then return end
   for _, e in ipairs(cjson.decode(summary)) do
-    local field = status .. '|' .. e[1] .. '|' .. e[2]
+    local field = counter_field(status, e[1], e[2])
     if redis.call('HINCRBY', ctx.counts, field, sign * e[3]) == 0 then
       redis.call('HDEL', ctx.counts, field)
     end
@@ -102,7 +101,7 @@ local function bucket_add(stems, id, status)
   if not stems then return end
   for stem in string.gmatch(stems, '%S+') do
     local index, vram = string.match(stem, '^(.*):(%d+)$')
-    redis.call('ZADD', stem .. ':' .. status, vram, id)
+    redis.call('ZADD', stem .. BUCKET_SEP .. status, vram, id)
     if redis.call('ZADD', index, vram, vram) == 1 then catalog_add(index) end
   end
 end
@@ -110,10 +109,10 @@ end
 local function bucket_remove(stems, id, status)
   if not stems then return end
   for stem in string.gmatch(stems, '%S+') do
-    redis.call('ZREM', stem .. ':' .. status, id)
+    redis.call('ZREM', stem .. BUCKET_SEP .. status, id)
     local empty = true
     for _, s in ipairs(STATUSES) do
-      if redis.call('EXISTS', stem .. ':' .. s) == 1 then empty = false; break end
+      if redis.call('EXISTS', stem .. BUCKET_SEP .. s) == 1 then empty = false; break end
     end
     if empty then
       local index, vram = string.match(stem, '^(.*):(%d+)$')
@@ -132,7 +131,7 @@ local function set_status(id, h, new)
     count(h.summary, old, -1)
     if h.bucket_stems then
       for stem in string.gmatch(h.bucket_stems, '%S+') do
-        redis.call('ZREM', stem .. ':' .. old, id)
+        redis.call('ZREM', stem .. BUCKET_SEP .. old, id)
       end
     end
   end
@@ -157,8 +156,7 @@ local function end_grace(id, h)
 end
 
 local function clear_claim(id, h)
-  redis.call('HDEL', hkey(id), 'claim_id', 'claimant', 'claim_expires_at', 'claim_ttl_ms',
-    'claim_confirmed')
+  redis.call('HDEL', hkey(id), unpack(CLAIM_FIELDS))
   redis.call('ZREM', ctx.claims, id)
   h.claim_id, h.claimant, h.claim_expires_at, h.claim_confirmed = nil, nil, nil, nil
 end
@@ -174,11 +172,12 @@ end
 
 -- The status a provider shows now: offline from its lease deadline on, idle again from the
 -- deadline of an unconfirmed claim on, else the stored status.
+-- The same rule as rules.effective_status (tests/test_rules.py checks that they agree).
 local function effective(h)
-  if h.status == 'offline' or (tonumber(h.lease_expires_at) or 0) <= ctx.now then
-    return 'offline'
+  if h.status == nil or h.status == OFFLINE or (tonumber(h.lease_expires_at) or 0) <= ctx.now then
+    return OFFLINE
   end
-  if claim_lapsed(h) then return 'idle' end
+  if claim_lapsed(h) then return IDLE end
   return h.status
 end
 
@@ -253,6 +252,7 @@ local function version_matches(h, wanted)
   return false
 end
 
+-- The same rule as rules.is_irregular (tests/test_rules.py checks that they agree).
 -- A provider is irregular when index arithmetic alone cannot answer a per-GPU filter for it:
 -- a GPU is unhealthy, or its GPUs differ in canonical model or architecture.
 -- gpu_keys: one "model|architecture|vram" token per GPU, in GPU order, with "!" after the
@@ -260,7 +260,7 @@ end
 local function is_irregular(gpu_keys)
   local first = nil
   for kind, unhealthy in string.gmatch(gpu_keys, '(%S-|%S-)|%d+(!?)') do
-    if unhealthy == '!' then return true end
+    if unhealthy == UNHEALTHY_MARK then return true end
     if first == nil then first = kind elseif kind ~= first then return true end
   end
   return false

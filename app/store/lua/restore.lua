@@ -42,7 +42,7 @@ for _ = 1, p do
     for j = first, last, 2 do
       if ARGV[j] == 'summary' and ARGV[j + 1] ~= '' then
         for _, e in ipairs(cjson.decode(ARGV[j + 1])) do
-          local field = 'offline|' .. e[1] .. '|' .. e[2]
+          local field = counter_field(OFFLINE, e[1], e[2])
           less[field] = (less[field] or 0) + e[3]
         end
       end

@@ -38,7 +38,7 @@ end
 
 -- An unused filter key is "" or the registry's "tmp:none" (a Redis Cluster refuses "", which
 -- hashes to another slot than the registry's keys).
-local NO_KEY = string.sub(ctx.hash_prefix, 1, -#'provider:' - 1) .. 'tmp:none'
+local NO_KEY = string.sub(ctx.hash_prefix, 1, -#PROVIDER_SUFFIX - 1) .. NO_KEY_SUFFIX
 local function given(key)
   if key == NO_KEY then return '' end
   return key

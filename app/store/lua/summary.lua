@@ -12,8 +12,8 @@ each_unsettled(function(_, h)
   if not h.summary then return end
   local now_status = effective(h)
   for _, e in ipairs(cjson.decode(h.summary)) do
-    local from = h.status .. '|' .. e[1] .. '|' .. e[2]
-    local to = now_status .. '|' .. e[1] .. '|' .. e[2]
+    local from = counter_field(h.status, e[1], e[2])
+    local to = counter_field(now_status, e[1], e[2])
     counts[from] = (counts[from] or 0) - e[3]
     counts[to] = (counts[to] or 0) + e[3]
   end
