@@ -4,6 +4,9 @@
 -- releases sharing one Redis each call their own.
 -- registry_heartbeat_<VERSION>: heartbeat.lua's KEYS, ARGV and reply.
 redis.register_function('registry_heartbeat_' .. VERSION, function(keys, argv)
-  begin(keys, argv)
-  return heartbeat(argv)
+  local renewed, h = renew(keys, argv)
+  if renewed then return renewed end
+  -- The state renew read stands unless the outage grace just rewrote it.
+  if begin(keys, argv) then h = nil end
+  return heartbeat(argv, h)
 end)

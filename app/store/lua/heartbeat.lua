@@ -34,14 +34,24 @@ end
 -- when there is no limit.
 local function count_heartbeat(limits, counted)
   if limits == '' then return nil, nil end
+  local now = ctx.now
+  -- One limit (the usual case) without building tables: this runs on every renewal.
+  local amount, window = string.match(limits, '^(%d+) (%d+)$')
+  if amount then
+    local ends, n = string.match(counted or '', '^(%d+) (%d+)$')
+    ends, n = tonumber(ends), tonumber(n)
+    if not ends or ends <= now then ends, n = now + tonumber(window), 0 end
+    if n >= tonumber(amount) then return nil, ends - now end
+    return ends .. ' ' .. (n + 1), nil
+  end
   local state = {}
   for n in string.gmatch(counted or '', '%d+') do state[#state + 1] = tonumber(n) end
   local out, i, wait = {}, 0, nil
   for amount, window in string.gmatch(limits, '(%d+) (%d+)') do
     local ends, n = state[2 * i + 1], state[2 * i + 2]
     i = i + 1
-    if not ends or not n or ends <= ctx.now then ends, n = ctx.now + tonumber(window), 0 end
-    if n >= tonumber(amount) then wait = math.max(wait or 0, ends - ctx.now) end
+    if not ends or not n or ends <= now then ends, n = now + tonumber(window), 0 end
+    if n >= tonumber(amount) then wait = math.max(wait or 0, ends - now) end
     out[#out + 1], out[#out + 2] = ends, n + 1
   end
   if wait then return nil, wait end
@@ -68,13 +78,60 @@ local function merge_metrics(id, metrics)
   mark_irregular(id, gpu_keys)
 end
 
-local function heartbeat(argv)
+-- The plain renewal, before `begin`: a live provider's heartbeat that changes nothing but its
+-- lease (no new status, no metrics, nothing lapsed, no grace to end), accepted. It reads the
+-- clock and the hash and writes the lease key, the leases index and the hash: not the pulse,
+-- because nothing it reads or writes depends on an outage (its own lease has not lapsed, and
+-- every other script checks the pulse before it reads a lease: see grant_grace).
+-- Returns heartbeat()'s reply; or nil and the state it read (as read_fields returns it), when
+-- the heartbeat is not plain: the caller then runs `begin` and the full `heartbeat`.
+local function renew(keys, argv)
+  local a = CTX_ARGS
+  local id = argv[a + 1]
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  ctx.now = now
+  local v = redis.call('HMGET', argv[1] .. id, unpack(HEARTBEAT_FIELDS))
+  local status, wanted, token, if_match = v[1], argv[a + 3], argv[a + 6], argv[a + 5]
+  local plain = status ~= false and status ~= OFFLINE and not v[7] and argv[a + 4] == ''
+    and (token == '' or v[8] == token) and tonumber(v[2]) > now
+    and not (v[3] and v[5] ~= '1' and (tonumber(v[4]) or 0) <= now)
+    and (wanted == '' or wanted == status or (wanted == IDLE and v[3]))
+    and (if_match == '' or version_matches({version = v[6] or nil}, if_match))
+  local windows, wait
+  if plain then
+    windows, wait = count_heartbeat(argv[a + 7] or '', v[9] or nil)
+    plain = not wait
+  end
+  if not plain then
+    if status == false then return nil, nil end
+    local h = {}
+    for i, name in ipairs(HEARTBEAT_FIELDS) do
+      if v[i] ~= false then h[name] = v[i] end
+    end
+    return nil, h
+  end
+  local ttl = tonumber(argv[a + 2])
+  local deadline = now + ttl
+  redis.call('SET', argv[3] .. id, now, 'PX', ttl)
+  redis.call('ZADD', keys[2], deadline, id)
+  if windows then
+    redis.call('HSET', argv[1] .. id, 'last_seen_at', now, 'lease_expires_at', deadline,
+      'heartbeat_windows', windows)
+  else
+    redis.call('HSET', argv[1] .. id, 'last_seen_at', now, 'lease_expires_at', deadline)
+  end
+  return {1, now, {status, now, deadline, v[6] or 0}}
+end
+
+-- `h`: the provider's HEARTBEAT_FIELDS if the call has read them already (renew), else nil.
+local function heartbeat(argv, h)
   local a = CTX_ARGS
   local id, ttl, wanted, metrics, if_match, token, limits =
     argv[a + 1], tonumber(argv[a + 2]), argv[a + 3], argv[a + 4], argv[a + 5], argv[a + 6],
     argv[a + 7] or ''
 
-  local h = read_fields(id, HEARTBEAT_FIELDS)
+  h = h or read_fields(id, HEARTBEAT_FIELDS)
   if not h then return {-1, ctx.now, {}} end
   if token ~= '' and h.token_hash ~= token then return {-2, ctx.now, {}} end
   local windows, wait = count_heartbeat(limits, h.heartbeat_windows)

@@ -332,7 +332,8 @@ local function grant_grace(blind_since)
 end
 
 -- Open a call: fill ctx from its fixed keys and arguments, read the clock, and grant the
--- outage grace first if the registry was blind (one GET of the pulse).
+-- outage grace first if the registry was blind (one GET of the pulse). Returns true when it
+-- granted grace (leases changed), else nil.
 local function begin(keys, argv)
   ctx.providers, ctx.leases, ctx.claims, ctx.irregular = keys[1], keys[2], keys[3], keys[4]
   ctx.events, ctx.counts, ctx.gpu_catalog, ctx.arch_catalog = keys[5], keys[6], keys[7], keys[8]
@@ -346,6 +347,7 @@ local function begin(keys, argv)
     if pulse and ctx.now - pulse > ctx.blind_after then
       grant_grace(pulse)
       redis.call('SET', ctx.pulse, ctx.now)
+      return true
     end
   end
 end
