@@ -1,6 +1,7 @@
 """Plain records the store returns and the API serialises."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -29,17 +30,32 @@ def rfc3339(ms: int | None) -> str | None:
     """Format epoch milliseconds as RFC 3339 UTC with millisecond precision."""
     if ms is None:
         return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    second, milli = divmod(ms, 1000)
+    return f"{_rfc3339_second(second)}.{milli:03d}Z"
+
+
+# Most timestamps of an answer or a page fall in a few seconds: strftime once for each.
+@functools.lru_cache(maxsize=4096)
+def _rfc3339_second(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-def _gpus(text: str) -> list[dict[str, Any]]:
-    """Decode a stored GPU list; numbers that version 1 stored as floats come back as ints."""
+def _gpus(text: str, live: str | None = None) -> list[dict[str, Any]]:
+    """Decode a stored GPU list with its live values laid over it, by position.
+
+    `live` is the hash's `gpu_live` field: the live values of the last heartbeats that only
+    changed them (heartbeat.lua), kept apart so that such a heartbeat writes them as they
+    came instead of decoding and encoding the GPU list in Redis. Numbers that version 1
+    stored as floats come back as ints.
+    """
     gpus = orjson.loads(text)
+    if live:
+        for gpu, values in zip(gpus, orjson.loads(live)):
+            gpu.update(values)
     for gpu in gpus:
         for name in INTEGER_GPU_FIELDS:
             if type(gpu.get(name)) is float:
@@ -78,7 +94,7 @@ class Provider:
             owner_id=fields["owner_id"],
             name=fields["name"],
             status=fields["status"],
-            gpus=_gpus(fields["gpus"]),
+            gpus=_gpus(fields["gpus"], fields.get("gpu_live")),
             metadata=orjson.loads(fields.get("metadata") or "{}"),
             registered_at_ms=int(fields["registered_at"]),
             last_seen_at_ms=_int(fields.get("last_seen_at")),

@@ -110,6 +110,7 @@ class Registry:
 
     def close(self) -> None:
         """Close the Redis connections."""
+        self.store.close()
         self.redis.close()
         self.blocking_redis.close()
         self.health_redis.close()

@@ -142,3 +142,20 @@ def test_sweeper_logs_an_outage_once_and_resumes(registry, redis_server, caplog)
             thread.join(timeout=5)
     assert caplog.messages.count("sweeper: store unavailable, retrying") == 1
     assert not thread.is_alive()
+
+
+def test_a_heartbeat_that_timed_out_leaves_no_late_reply_for_the_next_one(make_app, redis_db, redis_server):
+    """The FUNCTION's connections are its own: one whose reply never came is not used again."""
+    from .conftest import register_daemon
+
+    app = make_app(redis_timeout_s=0.2)
+    first, second = register_daemon(app), register_daemon(app)
+    assert first.client.post(f"/providers/{first.id}/heartbeat").status_code == 200
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        assert_unavailable(first.client.post(f"/providers/{first.id}/heartbeat"), code="store_timeout")
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    # Redis now runs the late heartbeat and answers it; that answer must reach no one.
+    answer = second.client.post(f"/providers/{second.id}/heartbeat")
+    assert answer.status_code == 200 and answer.get_json()["id"] == second.id

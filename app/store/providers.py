@@ -14,6 +14,7 @@ import redis
 
 from ..errors import Forbidden, ProviderNotFound, RateLimited, Unauthorized, VersionMismatch
 from ..models import DETAIL_FIELDS, LIVE_GPU_FIELDS, Lease, Provider
+from ..rules import UNHEALTHY_MARK
 from .idempotency import run_script as run_fenced
 from .idempotency import write_is_fenced
 from .indexing import bucket_stems, dumps, gpu_token, index_entries, summary_contribution
@@ -29,6 +30,19 @@ NOT_FOUND, TOKEN_MISMATCH, VERSION_MISMATCH, OVER_LIMIT = -1, -2, -3, -4
 MUST_BE_NEW = "!"
 
 log = logging.getLogger(__name__)
+
+
+def live_health(live: list[dict[str, Any]]) -> str:
+    """Return heartbeat.lua's health pattern of complete metrics, or "" for incomplete ones.
+
+    Metrics that give every live field of every GPU replace the stored live values whole;
+    when their health marks also equal the stored ones (`gpu_keys` with everything but the
+    spaces and the "!" of unhealthy GPUs removed), no index changes, and heartbeat.lua writes
+    them without decoding anything. "=" first, so that one healthy GPU is not "".
+    """
+    if not all(len(gpu) == len(LIVE_GPU_FIELDS) for gpu in live):
+        return ""
+    return "=" + " ".join(UNHEALTHY_MARK if gpu["is_healthy"] is False else "" for gpu in live)
 
 
 def token_mismatch(provider_id: str) -> Unauthorized:
@@ -79,6 +93,10 @@ class ProviderStore(QueryMixin, MaintenanceMixin, RestoreMixin):
         # restore_args's derived values by GPU shape and location (see there).
         self._derived: dict[Any, tuple[Any, ...]] = {}
 
+    def close(self) -> None:
+        """Close the connections the store holds besides its client's pool (the FUNCTION's)."""
+        self._functions.close()
+
     def run_script(
         self, script: Any, keys: list[str], args: list[Any], client: Any = None,
         durable: bool = False, read_only: bool = False,
@@ -110,12 +128,13 @@ class ProviderStore(QueryMixin, MaintenanceMixin, RestoreMixin):
         expected_token_hash: str = "",
     ) -> list[Any]:
         """Return heartbeat.lua's arguments (after the fixed ones) for a heartbeat."""
-        metrics = ""
+        metrics, health = "", ""
         if gpu_metrics:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
             metrics = dumps(live)
+            health = live_health(live)
         return [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash,
-                self.heartbeat_limits]
+                self.heartbeat_limits, health]
 
     def _detail_args(self, details: dict[str, Any]) -> list[Any]:
         fields: list[Any] = []
@@ -126,6 +145,8 @@ class ProviderStore(QueryMixin, MaintenanceMixin, RestoreMixin):
             "gpus", dumps(details["gpus"]),
             "metadata", dumps(details.get("metadata") or {}),
             "gpu_keys", " ".join(gpu_token(gpu) for gpu in details["gpus"]),
+            # New GPUs start without the live values of the old ones (heartbeat.lua).
+            "gpu_live", "",
             "bucket_stems", bucket_stems(self.keys, details),
             "summary", dumps(summary_contribution(details)),
         ]

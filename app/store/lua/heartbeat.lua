@@ -10,6 +10,8 @@
 --          or "" when the caller's role allows it without one
 -- ARGV[15] the per-provider heartbeat limits, "<amount> <window ms>" pairs separated by
 --          spaces (rate_limit_heartbeat), or "" for none
+-- ARGV[16] "" or, when the metrics give every live field of every GPU, "=" and their health
+--          marks as `marks` below reads them from gpu_keys (providers.live_health)
 -- Returns {code, now_ms, fields}: code 1 renewed, fields {status, last_seen_at,
 -- lease_expires_at, version}; -1 no such provider ({}); -2 the token does not match ({});
 -- -4 over the heartbeat limit ({ms until a window closes}); -3 If-Match failed (the same
@@ -18,7 +20,12 @@
 -- What a plain renewal reads, in one HMGET: what tells whether the state changes, the
 -- token, the limit's windows. What only a change of status needs is read then (MORE_FIELDS).
 local HEARTBEAT_FIELDS = {'status', 'lease_expires_at', 'claim_id', 'claim_expires_at',
-  'claim_confirmed', 'version', 'grace_until', 'token_hash', 'heartbeat_windows'}
+  'claim_confirmed', 'version', 'grace_until', 'token_hash', 'heartbeat_windows', 'gpu_keys'}
+
+-- The health marks of gpu_keys: one "!" per unhealthy GPU, the GPUs separated by spaces.
+local function marks(gpu_keys)
+  return (string.gsub(gpu_keys or '', '[^%s!]+', ''))
+end
 local MORE_FIELDS = {'summary', 'bucket_stems', 'claimant'}
 
 local function read_more(id, h)
@@ -58,16 +65,21 @@ local function count_heartbeat(limits, counted)
   return table.concat(out, ' '), nil
 end
 
+-- Live values go into the GPU list by position. Those kept apart in `gpu_live` by the
+-- plain renewals (`renew`) are folded in first, so the list holds them all again.
 local function merge_metrics(id, metrics)
-  local gpus = cjson.decode(redis.call('HGET', hkey(id), 'gpus'))
-  for i, live in ipairs(cjson.decode(metrics)) do
-    if gpus[i] then
-      for field, value in pairs(live) do gpus[i][field] = value end
+  local stored = redis.call('HMGET', hkey(id), 'gpus', 'gpu_live', 'gpu_keys')
+  local gpus = cjson.decode(stored[1])
+  for _, list in ipairs({stored[2] or '[]', metrics}) do
+    for i, live in ipairs(cjson.decode(list)) do
+      if gpus[i] then
+        for field, value in pairs(live) do gpus[i][field] = value end
+      end
     end
   end
   -- Health marks of the GPU tokens follow is_healthy.
   local tokens, i = {}, 0
-  for token in string.gmatch(redis.call('HGET', hkey(id), 'gpu_keys') or '', '%S+') do
+  for token in string.gmatch(stored[3] or '', '%S+') do
     i = i + 1
     local plain = string.gsub(token, '!$', '')
     if gpus[i] and gpus[i]['is_healthy'] == false then plain = plain .. '!' end
@@ -75,12 +87,15 @@ local function merge_metrics(id, metrics)
   end
   local gpu_keys = table.concat(tokens, ' ')
   redis.call('HSET', hkey(id), 'gpus', cjson.encode(gpus), 'gpu_keys', gpu_keys)
+  redis.call('HDEL', hkey(id), 'gpu_live')
   mark_irregular(id, gpu_keys)
 end
 
 -- The plain renewal, before `begin`: a live provider's heartbeat that changes nothing but its
--- lease (no new status, no metrics, nothing lapsed, no grace to end), accepted. It reads the
--- clock and the hash and writes the lease key, the leases index and the hash: not the pulse,
+-- lease and live GPU values (no new status, nothing lapsed, no grace to end, metrics whole
+-- and with the stored health), accepted. It reads the clock and the hash and writes the lease
+-- key, the leases index and the hash (the metrics as they came, in `gpu_live`: they replace
+-- the last ones whole, and Provider.from_hash lays them over the GPU list): not the pulse,
 -- because nothing it reads or writes depends on an outage (its own lease has not lapsed, and
 -- every other script checks the pulse before it reads a lease: see grant_grace).
 -- Returns heartbeat()'s reply; or nil and the state it read (as read_fields returns it), when
@@ -93,7 +108,9 @@ local function renew(keys, argv)
   ctx.now = now
   local v = redis.call('HMGET', argv[1] .. id, unpack(HEARTBEAT_FIELDS))
   local status, wanted, token, if_match = v[1], argv[a + 3], argv[a + 6], argv[a + 5]
-  local plain = status ~= false and status ~= OFFLINE and not v[7] and argv[a + 4] == ''
+  local metrics, health = argv[a + 4], argv[a + 8] or ''
+  local plain = status ~= false and status ~= OFFLINE and not v[7]
+    and (metrics == '' or (health ~= '' and '=' .. marks(v[10]) == health))
     and (token == '' or v[8] == token) and tonumber(v[2]) > now
     and not (v[3] and v[5] ~= '1' and (tonumber(v[4]) or 0) <= now)
     and (wanted == '' or wanted == status or (wanted == IDLE and v[3]))
@@ -115,12 +132,10 @@ local function renew(keys, argv)
   local deadline = now + ttl
   redis.call('SET', argv[3] .. id, now, 'PX', ttl)
   redis.call('ZADD', keys[2], deadline, id)
-  if windows then
-    redis.call('HSET', argv[1] .. id, 'last_seen_at', now, 'lease_expires_at', deadline,
-      'heartbeat_windows', windows)
-  else
-    redis.call('HSET', argv[1] .. id, 'last_seen_at', now, 'lease_expires_at', deadline)
-  end
+  local writes = {'HSET', argv[1] .. id, 'last_seen_at', now, 'lease_expires_at', deadline}
+  if windows then writes[#writes + 1], writes[#writes + 2] = 'heartbeat_windows', windows end
+  if metrics ~= '' then writes[#writes + 1], writes[#writes + 2] = 'gpu_live', metrics end
+  redis.call(unpack(writes))
   return {1, now, {status, now, deadline, v[6] or 0}}
 end
 

@@ -47,7 +47,7 @@ if h then
   local old = redis.call('HMGET', hash, unpack(names))
   for i, name in ipairs(names) do
     if (old[i] or '') ~= values[i] and name ~= 'summary' and name ~= 'gpu_keys'
-        and name ~= 'bucket_stems' then
+        and name ~= 'bucket_stems' and name ~= 'gpu_live' then
       changed[#changed + 1] = name
     end
   end
