@@ -5,7 +5,9 @@ that many providers; the registry under gunicorn with its real settings
 (`gunicorn -c python:app.gunicorn_conf app.wsgi:app`) against each; and a bare Flask app with
 one trivial JSON endpoint under the same worker settings (the floor). Then, in rounds whose
 order rotates (the machine is shared and noisy), wrk measures: the floor's req/s, heartbeats
-per second against each registry, and the latency of a selective query against each. It
+per second against each registry (`heartbeat@n`: `PUT .../status` with the provider's status;
+`daemon@n`: the platform's Go daemon's own heartbeat, every GPU's live values in it), and the
+latency of a selective query against each. It
 prints medians over the rounds and ratios taken side by side within each round.
 
 Settings (`--settings`): `production` (the default) serves as the registry ships: auth on,
@@ -208,12 +210,14 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
             if top in r and bottom in r and getattr(r[bottom], attr)
         ]
 
-    out: dict[str, Any] = {"targets": targets, "heartbeat_vs_floor": {}, "query_p99_growth": None}
-    for n in sizes:
-        values = ratios(f"heartbeat@{n}", "floor", "rps")
-        hb = targets.get(f"heartbeat@{n}", {})
+    out: dict[str, Any] = {"targets": targets, "heartbeat_vs_floor": {}, "daemon_vs_floor": {},
+                           "query_p99_growth": None}
+    # heartbeat@n: {"status": ...} from a provider token; daemon@n: the Go daemon's own body.
+    for kind, n in [(kind, n) for kind in ("heartbeat", "daemon") for n in sizes]:
+        values = ratios(f"{kind}@{n}", "floor", "rps")
+        hb = targets.get(f"{kind}@{n}", {})
         redis_us = hb.get("redis_us_per_request")
-        out["heartbeat_vs_floor"][n] = {
+        out[f"{kind}_vs_floor"][n] = {
             "median": median(values), "min": min(values, default=None), "max": max(values, default=None),
             "met": bool(values) and median(values) >= HEARTBEAT_TARGET,
             "p99_ms": hb.get("p99_ms"),
@@ -403,7 +407,17 @@ def services(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Any]
                 f"{pid} {status}" + (f" {fleet.token_for(args.seed, i)}" if production else "") + "\n"
                 for i, (pid, status) in enumerate(ids) if status != "offline"
             ))
+            # The Go daemon's heartbeats, as it sends them: every GPU's live values.
+            daemon_file = workdir / f"daemon-heartbeats-{n}.txt"
+            at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            with daemon_file.open("w") as out:
+                for i, (pid, status) in enumerate(ids):
+                    if status != "offline":
+                        token = fleet.token_for(args.seed, i) if production else "-"
+                        body = json.dumps(fleet.daemon_heartbeat(fleet.member(args.seed, i), i, at), separators=(",", ":"))
+                        out.write(f"{pid} {token} {body}\n")
             fleets[n] = {"redis": server, "client": client, "ids": ids, "ids_file": ids_file,
+                         "daemon_file": daemon_file,
                          "baseline": baseline, "load_seconds": seconds}
         registries: dict[int, Gunicorn] = {}
         for n in args.sizes:
@@ -469,6 +483,11 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             instance.base_url + "/", "heartbeat.lua",
             {"threads": threads, "connections": conns, "script_args": (ids_file, str(threads))}, client,
         )
+        plans[f"daemon@{n}"] = (
+            instance.base_url + "/", "daemon.lua",
+            {"threads": threads, "connections": conns,
+             "script_args": (str(env["fleets"][n]["daemon_file"]), str(threads))}, client,
+        )
         plans[f"query@{n}"] = (
             instance.base_url + query_path(args), "get.lua",
             {"threads": q_threads, "connections": args.query_connections, "headers": env["auth"]}, client,
@@ -485,6 +504,9 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
         daemon = (f"Authorization: Bearer {fleet.token_for(args.seed, index)}",) if env["auth"] else ()
         url = f"{instance.base_url}/providers/{pid}/status"
         shares[f"heartbeat@{n}"] = script_shares(client, lambda: _http("PUT", url, {"status": state}, daemon))
+        body = fleet.daemon_heartbeat(fleet.member(args.seed, index), index, "2026-11-29T10:00:00Z")
+        daemon_url = f"{instance.base_url}/api/v1/providers/{pid}/heartbeat"
+        shares[f"daemon@{n}"] = script_shares(client, lambda: _http("POST", daemon_url, body, daemon))
         query_url = instance.base_url + query_path(args)
         shares[f"query@{n}"] = script_shares(client, lambda: _http("GET", query_url, auth=env["auth"]), count=10)
     runs: list[Run] = []
@@ -568,11 +590,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"- Keys other than provider hashes and leases at {int(n):,}, B/provider: "
                      + ", ".join(f"{k} {v}" for k, v in kinds.items() if v))
     lines.append("")
-    for n, r in s["heartbeat_vs_floor"].items():
+    for label, n, r in [("Heartbeats", n, r) for n, r in s["heartbeat_vs_floor"].items()] + [
+        ("The daemon's heartbeats", n, r) for n, r in s.get("daemon_vs_floor", {}).items()
+    ]:
         if r["median"] is None:
             continue
         lines.append(
-            f"- Heartbeats at {int(n):,} / floor: median {r['median']:.2f} (rounds {r['min']:.2f}–{r['max']:.2f}); "
+            f"- {label} at {int(n):,} / floor: median {r['median']:.2f} (rounds {r['min']:.2f}–{r['max']:.2f}); "
             f"target ≥ {HEARTBEAT_TARGET}: {'met' if r['met'] else 'NOT met'}."
             + (f" p99 {r['p99_ms']:.1f} ms (target < {HEARTBEAT_P99_TARGET_MS:g})." if r.get("p99_ms") is not None else "")
             + (

@@ -119,6 +119,28 @@ def member(seed: int, index: int) -> Member:
     return Member(id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), status=status, body=body)
 
 
+def daemon_heartbeat(member: Member, index: int, at: str) -> dict[str, Any]:
+    """The platform's Go daemon's heartbeat for a member, as it sends it every 15 s.
+
+    Each GPU's live values in the daemon's own GPU struct: the static fields empty (Go's
+    zero values), nvidia-smi's readings, the health the member registered with, and the
+    daemon's own extra fields (docs/GO_CLIENTS.md).
+    """
+    rng = random.Random(f"daemon:{index}")
+    gpus = []
+    for gpu in member.body["gpus"]:
+        load = rng.randrange(101)
+        gpus.append({
+            "model_name": "", "vram_mb": 0, "driver_version": "", "architecture": "",
+            "compute_capability": "", "cuda_cores": 0, "tensor_cores": 0, "memory_bandwidth_gb_s": 0,
+            "power_consumption_w": 0, "utilization_gpu_percent": load,
+            "utilization_memory_percent": rng.randrange(101), "temperature_celsius": 35 + load // 2,
+            "power_draw_w": 60 + 3 * load, "is_healthy": gpu.get("is_healthy", True),
+            "is_available": True, "last_check_at": at,
+        })
+    return {"provider_id": member.id, "status": "online", "timestamp": at, "gpu_metrics": gpus}
+
+
 def token_for(seed: int, index: int) -> str:
     """Return the provider token of the fleet's `index`-th provider (the bench's daemons send it)."""
     return f"bench-token-{seed}-{index:07d}"

@@ -8,7 +8,8 @@ from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_l
 from ..models import LIVE_GPU_FIELDS
 from ..store.keys import LIVE_STATUSES, STATUSES
 from .fields import (
-    MAX_NAME, IPAddress, JSONObject, Name, OptionalName, StrictBoolean, StrictInteger, Text,
+    MAX_NAME, IPAddress, JSONObject, Name, OptionalName, PlainNestedList, StrictBoolean, StrictInteger,
+    Text,
 )
 
 MAX_VRAM_MB = 4_194_304
@@ -150,10 +151,15 @@ class GpuMetricsSchema(_Strict):
 
     @post_load
     def _live_only(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        celsius = data.pop("temperature_celsius", None)
-        if data.get("temperature_c") is None and celsius is not None:
-            data["temperature_c"] = celsius
-        return {name: data[name] for name in LIVE_GPU_FIELDS if data.get(name) is not None}
+        return live_values(data)
+
+
+def live_values(data: dict[str, Any]) -> dict[str, Any]:
+    """Return the live values of a loaded GpuMetricsSchema entry (nulls dropped)."""
+    celsius = data.pop("temperature_celsius", None)
+    if data.get("temperature_c") is None and celsius is not None:
+        data["temperature_c"] = celsius
+    return {name: data[name] for name in LIVE_GPU_FIELDS if data.get(name) is not None}
 
 
 class HeartbeatSchema(_Strict):
@@ -167,8 +173,8 @@ class HeartbeatSchema(_Strict):
     provider_id = fields.UUID(allow_none=True)
     status = fields.String(allow_none=True, validate=validate.OneOf((*STATUSES, ALIVE)))
     timestamp = Text(allow_none=True, max_length=64)
-    gpu_metrics = fields.List(
-        fields.Nested(GpuMetricsSchema), allow_none=True, validate=validate.Length(max=MAX_GPUS)
+    gpu_metrics = PlainNestedList(
+        GpuMetricsSchema, live_values, allow_none=True, validate=validate.Length(max=MAX_GPUS)
     )
 
     @post_load

@@ -1,0 +1,35 @@
+-- The platform's Go daemon's heartbeats: POST /api/v1/providers/{id}/heartbeat with its own
+-- body (provider_id, status "online", timestamp, every GPU's live values), rotating over the
+-- providers of a file, so that every heartbeat renews a different lease.
+-- Script arguments: [1] path of a file of "id token body" lines (token "-": none), [2] the
+-- number of wrk threads.
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+dofile(here .. "report.lua")
+
+local started = 0
+function setup(thread)
+  thread:set("thread_index", started)
+  started = started + 1
+end
+
+local requests, n, i = {}, 0, 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local id, token, body = line:match("^(%S+) (%S+) (.*)$")
+    if id then
+      n = n + 1
+      local headers = {["Content-Type"] = "application/json"}
+      if token ~= "-" then headers["Authorization"] = "Bearer " .. token end
+      requests[n] = wrk.format("POST", "/api/v1/providers/" .. id .. "/heartbeat", headers, body)
+    end
+  end
+  if n == 0 then error("no providers in " .. args[1]) end
+  -- Threads start at different offsets so that they do not beat the same providers.
+  i = math.floor(n * (thread_index or 0) / tonumber(args[2] or 1))
+end
+
+function request()
+  i = i % n + 1
+  return requests[i]
+end
