@@ -121,7 +121,8 @@ def test_heartbeats_do_not_wait_for_replicas(make_app, replicated):
     replicated.replica.process.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
-        assert client.post(f"/providers/{provider_id}/heartbeat", json={}).status_code == 200
+        r = client.post(f"/providers/{provider_id}/heartbeat", json={})
+        assert r.status_code == 200, r.get_json()
         assert time.monotonic() - started < 0.3
     finally:
         replicated.replica.process.send_signal(signal.SIGCONT)

@@ -9,9 +9,11 @@ from importlib import resources
 from typing import Any, Callable, TypeVar
 
 import redis
+from gevent import monkey
 from redis.sentinel import MasterNotFoundError, SlaveNotFoundError
 
 from ..errors import StoreTimeout, StoreUnavailable
+from .batching import CommandBatcher
 from .keys import Keys
 from ..rules import lua_prelude
 
@@ -102,6 +104,11 @@ class ScriptContext:
 _NO_FUNCTIONS = ("unknown command", "unknown subcommand")
 
 
+def gevent_serves() -> bool:
+    """Tell whether this process runs under gevent (sockets patched): greenlets, not threads."""
+    return monkey.is_module_patched("socket")
+
+
 class FunctionLibrary:
     """The registry's Redis 7 FUNCTION library (functions.lua), called with FCALL.
 
@@ -118,6 +125,12 @@ class FunctionLibrary:
     fails for any reason but a Redis error reply disconnects its connection, so no reply is
     ever left in flight on an idle one. Like the registry's client it retries once, at once,
     on a connection error (a connection that died with a restarted Redis), never on a timeout.
+    Under gevent, the calls that a worker's greenlets make at the same moment are written
+    together (batching.py).
+
+    Every send is preceded by `connect()` (nothing when connected): redis-py's own reconnect
+    inside `send_packed_command` skips a Sentinel connection's `connect`, which asks Sentinel
+    for the primary, and so reaches the connection's default address (localhost:6379).
     """
 
     PARTS = ("lib", "heartbeat", "functions")
@@ -134,6 +147,7 @@ class FunctionLibrary:
         # Idle connections, last used first; those of a parent process are never used.
         self._idle: list[Any] = []
         self._pid = os.getpid()
+        self._batcher = CommandBatcher(self._checkout, self._idle_again)
 
     def name(self, function: str) -> str:
         """Return the FCALL name of one of the library's functions."""
@@ -160,6 +174,8 @@ class FunctionLibrary:
         """FCALL one of the library's functions; load the library when Redis lacks it."""
         command = ("FCALL", self.name(function), len(keys), *keys, *args)
         try:
+            if gevent_serves():
+                return self._batcher.run(command)
             return self._command(*command)
         except redis.ResponseError as exc:
             if "function not found" not in str(exc).lower():
@@ -171,10 +187,12 @@ class FunctionLibrary:
         conn = self._checkout()
         try:
             try:
+                conn.connect()
                 conn.send_command(*args)
                 reply = conn.read_response()
             except redis.ConnectionError:
                 conn.disconnect()
+                conn.connect()
                 conn.send_command(*args)
                 reply = conn.read_response()
         except redis.ResponseError:
@@ -186,6 +204,9 @@ class FunctionLibrary:
             raise
         self._idle.append(conn)
         return reply
+
+    def _idle_again(self, conn: Any) -> None:
+        self._idle.append(conn)
 
     def _checkout(self) -> Any:
         # list.pop and list.append are atomic for threads and greenlets alike.
