@@ -170,6 +170,10 @@ class Run:
     redis_us_per_request: float | None = None
     round_trips_per_request: float | None = None
     redis_us_by_command: dict[str, float] = field(default_factory=dict)
+    # Redis's own CPU time (INFO cpu, user + system) per request: its command work, its I/O
+    # and its event loop. Unlike commandstats' wall-clock µs, not inflated when the machine's
+    # other processes preempt Redis mid-command; what one Redis core can serve follows from it.
+    redis_cpu_us_per_request: float | None = None
 
 
 def _median_by_key(dicts: list[dict[str, float]]) -> dict[str, float]:
@@ -195,6 +199,7 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
             "errors": sum(r.errors for r in rs),
             "redis_us_per_request": median([r.redis_us_per_request for r in rs if r.redis_us_per_request is not None]),
             "round_trips_per_request": median([r.round_trips_per_request for r in rs if r.round_trips_per_request is not None]),
+            "redis_cpu_us_per_request": median([r.redis_cpu_us_per_request for r in rs if r.redis_cpu_us_per_request is not None]),
             "redis_us_by_command": _median_by_key([r.redis_us_by_command for r in rs]),
         }
         for name, rs in by_target.items()
@@ -223,8 +228,12 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
             "p99_ms": hb.get("p99_ms"),
             "redis_us": redis_us,
             "round_trips": hb.get("round_trips_per_request"),
+            "redis_cpu_us": hb.get("redis_cpu_us_per_request"),
             # One Redis core spends RHYTHM_S seconds of time per RHYTHM_S: that many heartbeats.
             "fleet_per_redis_core": int(RHYTHM_S * 1e6 / redis_us) if redis_us else None,
+            "fleet_per_redis_core_cpu": (
+                int(RHYTHM_S * 1e6 / hb["redis_cpu_us_per_request"]) if hb.get("redis_cpu_us_per_request") else None
+            ),
         }
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
@@ -338,6 +347,12 @@ def script_shares(client: Any, send: Any, count: int = 50) -> dict[str, float]:
             bucket[name] = bucket.get(name, 0) + 1
     names = set(top) | set(inner)
     return {name: top.get(name, 0) / (top.get(name, 0) + inner.get(name, 0)) for name in names}
+
+
+def redis_cpu_s(client: Any) -> float:
+    """Return the CPU time Redis has used, user and system, in seconds."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def redis_cost(stats: dict[str, tuple[int, int]], shares: dict[str, float], requests: int) -> tuple[float, float]:
@@ -518,6 +533,7 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             url, script, shape, client = plans[name]
             if client is not None:
                 client.config_resetstat()
+                cpu_before = redis_cpu_s(client)
             result: WrkResult = run_wrk(url, script, seconds=args.seconds, **shape)
             run = Run(
                 round=round_index, target=name, rps=result.rps, p50_ms=result.p50_us / 1000,
@@ -526,6 +542,7 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             if client is not None and result.requests:
                 stats = commandstats(client)
                 run.redis_us_per_request, run.round_trips_per_request = redis_cost(stats, shares[name], result.requests)
+                run.redis_cpu_us_per_request = (redis_cpu_s(client) - cpu_before) * 1e6 / result.requests
                 run.redis_us_by_command = {
                     cmd: round(usec / result.requests, 1) for cmd, (_, usec) in stats.items()
                     if usec / result.requests >= 1
@@ -534,7 +551,8 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             print(
                 f"round {round_index + 1} {name:>18}: {run.rps:8.0f} req/s  p50 {run.p50_ms:7.2f} ms"
                 f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}"
-                + (f"  redis {run.redis_us_per_request:.1f} us/req, {run.round_trips_per_request:.2f} round trips"
+                + (f"  redis {run.redis_us_per_request:.1f} us/req (cpu {run.redis_cpu_us_per_request:.1f}),"
+                   f" {run.round_trips_per_request:.2f} round trips"
                    if run.redis_us_per_request else ""),
                 flush=True,
             )
@@ -563,14 +581,15 @@ def render(report: dict[str, Any]) -> str:
             if a["settings"] == "production" else "trusted: auth and rate limits off."
         ),
         "",
-        "| target | req/s (median) | p50 ms | p99 ms | Redis µs/request | Redis round trips/request | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| target | req/s (median) | p50 ms | p99 ms | Redis µs/request | Redis CPU µs/request | Redis round trips/request | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, t in s["targets"].items():
         redis_us = f"{t['redis_us_per_request']:.1f}" if t["redis_us_per_request"] is not None else "–"
         trips = f"{t['round_trips_per_request']:.2f}" if t.get("round_trips_per_request") is not None else "–"
+        cpu = f"{t['redis_cpu_us_per_request']:.1f}" if t.get("redis_cpu_us_per_request") is not None else "–"
         lines.append(
-            f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {redis_us} | {trips} | {t['errors']} |"
+            f"| {name} | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} | {redis_us} | {cpu} | {trips} | {t['errors']} |"
         )
     for name, t in s["targets"].items():
         parts = {cmd: us for cmd, us in t["redis_us_by_command"].items() if cmd not in SCRIPT_CALLS and us >= 1}
@@ -601,7 +620,9 @@ def render(report: dict[str, Any]) -> str:
             + (f" p99 {r['p99_ms']:.1f} ms (target < {HEARTBEAT_P99_TARGET_MS:g})." if r.get("p99_ms") is not None else "")
             + (
                 f" Redis {r['redis_us']:.1f} µs (target ≤ {REDIS_US_TARGET:g}) in {r['round_trips']:.2f} round trips "
-                f"per heartbeat: one Redis core holds {r['fleet_per_redis_core']:,} providers at a {RHYTHM_S:g} s rhythm."
+                f"per heartbeat: one Redis core holds {r['fleet_per_redis_core']:,} providers at a {RHYTHM_S:g} s rhythm"
+                + (f" ({r['fleet_per_redis_core_cpu']:,} by Redis's CPU time, {r['redis_cpu_us']:.1f} µs per heartbeat)."
+                   if r.get("fleet_per_redis_core_cpu") else ".")
                 if r.get("redis_us") else ""
             )
         )
