@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -44,6 +45,11 @@ def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
+# A JSON number with a fraction or an exponent right after a key (strings start with a quote;
+# one that merely contains ":1.5" makes _gpus look at every field, which is harmless).
+_FLOAT_NUMBER = re.compile(r":\s*-?\d+(?:\.\d|[eE])")
+
+
 def _gpus(text: str, live: str | None = None) -> list[dict[str, Any]]:
     """Decode a stored GPU list with its live values laid over it, by position.
 
@@ -56,6 +62,8 @@ def _gpus(text: str, live: str | None = None) -> list[dict[str, Any]]:
     if live:
         for gpu, values in zip(gpus, orjson.loads(live)):
             gpu.update(values)
+    if not _FLOAT_NUMBER.search(text):
+        return gpus  # the usual case: no number with a fraction or an exponent to look for
     for gpu in gpus:
         for name in INTEGER_GPU_FIELDS:
             if type(gpu.get(name)) is float:

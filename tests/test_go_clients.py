@@ -227,6 +227,19 @@ def test_floats_stored_by_version_1_are_answered_as_integers(go, redis_db):
     assert_go_provider(go_decode(go.get("/providers").data)[0])
 
 
+@pytest.mark.parametrize("written", ["2039.0", "2.039e3", "2039E0", "2039.0 "])
+def test_any_float_spelling_in_a_stored_gpu_list_is_answered_as_an_integer(go, redis_db, written):
+    # Lua's cjson writes numbers over 1e14 with an exponent; version 1 wrote "2039.0".
+    provider_id = register(go)
+    key = f"registry:provider:{provider_id}"
+    text = redis_db.hget(key, "gpus")
+    redis_db.hset(key, "gpus", text.replace('"memory_bandwidth_gb_s":2039', f'"memory_bandwidth_gb_s": {written}'))
+    assert written.strip() in redis_db.hget(key, "gpus")
+    gpu = go_decode(go.get(f"/providers/{provider_id}").data)["gpus"][0]
+    assert_go_provider({"gpus": [gpu], "version": 1})
+    assert gpu["memory_bandwidth_gb_s"] == 2039
+
+
 def test_a_restored_provider_is_answered_with_integers(go, open_app, redis_db):
     provider_id = register(go)
     store = open_app.extensions[EXTENSION].store
