@@ -271,3 +271,14 @@ def test_the_function_library_is_loaded_again_when_redis_lost_it(
     redis_server.start()
     again = register_daemon(limited)
     assert again.client.post(f"/providers/{again.id}/heartbeat").status_code == 200
+
+
+def test_a_hash_without_its_lease_deadline_is_renewed_by_the_full_heartbeat(
+    limited: Flask, redis_db: redis.Redis
+) -> None:
+    # Written by hand or half-restored: no plain renewal, and no script error either.
+    daemon = register_daemon(limited)
+    redis_db.hdel(f"registry:provider:{daemon.id}", "lease_expires_at")
+    response = daemon.client.post(f"/providers/{daemon.id}/heartbeat")
+    assert response.status_code == 200, response.get_json()
+    assert redis_db.pttl(f"registry:lease:{daemon.id}") > 0

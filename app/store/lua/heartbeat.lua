@@ -106,12 +106,13 @@ local function renew(keys, argv)
   local t = redis.call('TIME')
   local now = t[1] * 1000 + math.floor(t[2] / 1000)
   ctx.now = now
-  local v = redis.call('HMGET', argv[1] .. id, unpack(HEARTBEAT_FIELDS))
+  local hash = argv[1] .. id
+  local v = redis.call('HMGET', hash, unpack(HEARTBEAT_FIELDS))
   local status, wanted, token, if_match = v[1], argv[a + 3], argv[a + 6], argv[a + 5]
   local metrics, health = argv[a + 4], argv[a + 8] or ''
   local plain = status ~= false and status ~= OFFLINE and not v[7]
     and (metrics == '' or (health ~= '' and '=' .. marks(v[10]) == health))
-    and (token == '' or v[8] == token) and tonumber(v[2]) > now
+    and (token == '' or v[8] == token) and (tonumber(v[2]) or 0) > now
     and not (v[3] and v[5] ~= '1' and (tonumber(v[4]) or 0) <= now)
     and (wanted == '' or wanted == status or (wanted == IDLE and v[3]))
     and (if_match == '' or version_matches({version = v[6] or nil}, if_match))
@@ -132,10 +133,17 @@ local function renew(keys, argv)
   local deadline = now + ttl
   redis.call('SET', argv[3] .. id, now, 'PX', ttl)
   redis.call('ZADD', keys[2], deadline, id)
-  local writes = {'HSET', argv[1] .. id, 'last_seen_at', now, 'lease_expires_at', deadline}
-  if windows then writes[#writes + 1], writes[#writes + 2] = 'heartbeat_windows', windows end
-  if metrics ~= '' then writes[#writes + 1], writes[#writes + 2] = 'gpu_live', metrics end
-  redis.call(unpack(writes))
+  if windows and metrics ~= '' then
+    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline,
+      'heartbeat_windows', windows, 'gpu_live', metrics)
+  elseif windows then
+    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline,
+      'heartbeat_windows', windows)
+  elseif metrics ~= '' then
+    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline, 'gpu_live', metrics)
+  else
+    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline)
+  end
   return {1, now, {status, now, deadline, v[6] or 0}}
 end
 
