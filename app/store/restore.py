@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import Any, Iterator
 
 import redis
-from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 from redis.cluster import RedisCluster
+from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
 from .indexing import dumps, gpu_buckets, gpu_token, index_entries, is_claim_field, is_irregular, summary_contribution
 from .keys import Keys
@@ -17,6 +17,46 @@ from ..rules import OFFLINE, counter_field
 from .scripts import wrap_errors
 
 log = logging.getLogger(__name__)
+
+
+_TIME = b"*1\r\n$4\r\nTIME\r\n"
+
+
+def _hgetall(key: bytes) -> bytes:
+    """Return HGETALL `key` in the Redis protocol."""
+    return b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+@wrap_errors
+def _send_reads(conn: Any, keys: Keys, provider_ids: list[str], retry: bool = False) -> Any:
+    """Write TIME and an HGETALL per provider on `conn`; return the connection written to.
+
+    `retry`: a pooled connection that died with a restarted Redis is replaced once (nothing
+    was read from it yet, and these are reads: sending them again is safe).
+    """
+    prefix = keys.provider_prefix.encode()
+    packed = b"".join([_TIME, *(_hgetall(prefix + provider_id.encode()) for provider_id in provider_ids)])
+    try:
+        conn.send_packed_command([packed])
+    except redis.ConnectionError:
+        if not retry:
+            raise
+        conn.disconnect()
+        conn.send_packed_command([packed])
+    return conn
+
+
+@wrap_errors
+def _receive_reads(conn: Any, provider_ids: list[str]) -> tuple[int, list[tuple[str, dict[str, str]]]]:
+    """Read the replies of `_send_reads`: the time in ms, and each provider that exists."""
+    seconds, micros = conn.read_response()  # a raw TIME reply: two strings
+    found = []
+    for provider_id in provider_ids:
+        fields = conn.read_response()
+        if fields:
+            # RESP3 replies are a dict already, RESP2 ones a flat list.
+            found.append((provider_id, fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2]))))
+    return ms((int(seconds), int(micros))), found
 
 
 def _int_or_none(value: str | None) -> int | None:
@@ -42,21 +82,55 @@ class RestoreMixin:
         Each HGETALL is atomic, so no hash mixes two states of a provider; providers deleted
         since their ID was listed are left out.
         """
+        if not provider_ids:
+            return self.now_ms(), []
+        ((now, found),) = self.iter_hashes(provider_ids, len(provider_ids))
+        return now, found
+
+    def iter_hashes(
+        self, provider_ids: list[str], batch: int
+    ) -> Iterator[tuple[int, list[tuple[str, dict[str, str]]]]]:
+        """Yield `read_hashes` of each batch of `provider_ids`, the next batch already asked for.
+
+        Redis reads the next batch while the caller works on this one, without a thread: the
+        commands are written at once on a pooled connection and the replies read in turn,
+        without redis-py's per-command machinery (about 40% of a snapshot's reading time).
+        """
+        batches = [provider_ids[i : i + batch] for i in range(0, len(provider_ids), batch)]
+        if not batches:
+            return
+        if isinstance(self.redis, RedisCluster):  # a batch's keys may live on several nodes
+            for ids in batches:
+                yield self._read_hashes_pipelined(ids)
+            return
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        clean = False
+        try:
+            _send_reads(conn, self.keys, batches[0], retry=True)
+            for n, ids in enumerate(batches):
+                found = _receive_reads(conn, ids)
+                # Asked for only now: Redis works on the next batch while the caller works on
+                # this one, not while this one's replies are being read.
+                if n + 1 < len(batches):
+                    _send_reads(conn, self.keys, batches[n + 1])
+                yield found
+            clean = True
+        finally:
+            if not clean:
+                conn.disconnect()  # its unread replies must not reach the next user
+            pool.release(conn)
+
+    @wrap_errors
+    def _read_hashes_pipelined(self, provider_ids: list[str]) -> tuple[int, list[tuple[str, dict[str, str]]]]:
+        # A cluster pipeline refuses TIME: the time is read first (a restore then caps
+        # deadlines at an earlier now, which only makes a provider offline sooner).
+        now = self.redis.time()
         pipe = self.redis.pipeline(transaction=False)
-        if isinstance(self.redis, RedisCluster):
-            # A cluster pipeline refuses TIME: the time is read first (a restore then caps
-            # deadlines at an earlier now, which only makes a provider offline sooner).
-            now = self.redis.time()
-        else:
-            pipe.time()
         for provider_id in provider_ids:
             pipe.hgetall(self.keys.provider(provider_id))
-        replies = pipe.execute()
-        if not isinstance(self.redis, RedisCluster):
-            now, *replies = replies
-        hashes = replies
-        found = [(pid, fields) for pid, fields in zip(provider_ids, hashes) if fields]
-        return ms(now), found
+        hashes = pipe.execute()
+        return ms(now), [(pid, fields) for pid, fields in zip(provider_ids, hashes) if fields]
 
     def restored_hash(
         self, provider_id: str, fields: dict[str, str], now_ms: int
