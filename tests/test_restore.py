@@ -444,3 +444,25 @@ def test_restore_rebuilds_every_key_of_the_registry_as_it_was_with_every_provide
             assert int(value["lease_expires_at"]) <= now_ms
             value["lease_expires_at"] = str(min(int(before[key][1]["lease_expires_at"]), now_ms))
     assert after == offline_copy(before, now_ms)
+
+
+def test_restore_loads_its_script_again_when_redis_lost_the_script_cache(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    ids = [providers.register(name=f"rig-{i}")["id"] for i in range(3)]
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+    redis_db.script_flush()  # as after a restart of a Redis without persistence
+
+    result = restore(registry.store, database_url)
+
+    assert result.restored == 3
+    assert sorted(registry.store.provider_ids()) == sorted(ids)
+
+
+def test_restore_batches_beyond_the_scripts_limit_are_refused_before_reaching_redis(registry: Registry) -> None:
+    from app.store.restore import MAX_RESTORE_BATCH
+
+    hashes = [(f"p{i}", {"status": "idle"}) for i in range(MAX_RESTORE_BATCH + 1)]
+    with pytest.raises(ValueError):
+        registry.store.restore_batch(hashes, registry.store.now_ms())
