@@ -251,3 +251,11 @@ def test_a_lock_left_by_a_dead_instance_frees_itself_when_its_lease_lapses(
 
     assert wait_until(lambda: redis_db.get("registry:lock:snapshot") is None, timeout=5)
     assert take_snapshot(registry.store, database_url) is not None
+
+
+def test_ids_reach_postgresql_as_one_array_literal_whatever_characters_they_hold(database_url: str) -> None:
+    from app.snapshot.snapshot import text_array
+
+    ids = ["a", 'quote"d', "back\\slash", "com,ma", "{brace}", " spaced ", "NULL", ""]
+
+    assert sql(database_url, "SELECT %s::text[]", (text_array(ids),)) == [(ids,)]

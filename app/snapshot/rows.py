@@ -42,6 +42,10 @@ TRAILER = struct.pack(">h", -1)
 _ROW = struct.pack(">h", len(COLUMNS))
 _NULL = struct.pack(">i", -1)
 _length = struct.Struct(">i").pack
+_INT4 = _length(4)
+_TEXT_COLUMNS = ("owner_id", "name", "hostname", "ip_address", "location")
+_NO_DETAILS = (_NULL,) * len(_TEXT_COLUMNS)
+_NO_DOCUMENTS = (_NULL,) * 5  # gpus, metadata and the three timestamps
 _timestamp = struct.Struct(">iq").pack
 # timestamptz counts microseconds from 2000-01-01 UTC; only years 1 to 9999 are kept, as the
 # text form (and Python's datetime) has them.
@@ -161,14 +165,20 @@ class RowBuilder:
     def __init__(self, snapshot_at_ms: int) -> None:
         self.models = Models()
         self.snapshot_at = _timestamptz(str(snapshot_at_ms))
+        # The digest is personalised by the status: one keyed state per status, copied per row.
+        self._hashers: dict[str, Any] = {}
 
     def read(self, provider_id: str, fields: dict[str, str], now_ms: int) -> Row:
         """Return the row of a provider's hash read at `now_ms`: its status, text and digest."""
         status = effective_status(fields, now_ms)
         # Sorted keys: the same hash gives the same text, whatever order HGETALL returned.
         raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.blake2b(raw, digest_size=16, person=status.encode()[:16]).digest()
-        return Row(provider_id, fields, status, raw, digest, self.models(fields))
+        hasher = self._hashers.get(status)
+        if hasher is None:
+            hasher = self._hashers[status] = hashlib.blake2b(digest_size=16, person=status.encode()[:16])
+        hasher = hasher.copy()
+        hasher.update(raw)
+        return Row(provider_id, fields, status, raw, hasher.digest(), self.models(fields))
 
     def data(self, row: Row, *, strict: bool = False, minimal: bool = False) -> bytes:
         """Return the row in COPY's binary format (only the rows that changed need it).
@@ -179,23 +189,24 @@ class RowBuilder:
         """
         get = row.fields.get
         status = row.status.encode()
+        parts = [_ROW, _text(row.id)]
         if minimal:
-            details = [_text(row.id), _NULL, _NULL, _NULL, _NULL, _NULL]
-            documents = [_NULL, _NULL, _NULL, _NULL, _NULL]
+            parts += _NO_DETAILS
         else:
-            details = [_text(row.id), _text(get("owner_id")), _text(get("name")), _text(get("hostname")),
-                       _text(get("ip_address")), _text(get("location"))]
-            documents = [
+            for name in _TEXT_COLUMNS:
+                parts.append(_text(get(name)))
+        parts += (_length(len(status)), status, _INT4, _length(len(row.models)))
+        if minimal:
+            parts += _NO_DOCUMENTS
+        else:
+            parts += (
                 _jsonb(jsonb_text(get("gpus"), strict=strict)),
                 _jsonb(jsonb_text(get("metadata"), strict=strict)),
                 _timestamptz(get("registered_at")), _timestamptz(get("last_seen_at")),
                 _timestamptz(get("lease_expires_at")),
-            ]
-        return b"".join((
-            _ROW, *details, _length(len(status)), status, _length(4), _length(len(row.models)),
-            *documents, self.snapshot_at, _length(len(row.raw)), row.raw,
-            _length(len(row.digest)), row.digest,
-        ))
+            )
+        parts += (self.snapshot_at, _length(len(row.raw)), row.raw, _length(len(row.digest)), row.digest)
+        return b"".join(parts)
 
 
 @dataclass

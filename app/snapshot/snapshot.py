@@ -231,9 +231,15 @@ def _write(
     return odd
 
 
+def text_array(values: list[str]) -> str:
+    """Return a PostgreSQL array literal of `values`, each quoted."""
+    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
 def _replace(conn: psycopg.Connection, rows: list[Row], existing: dict[str, bytes], data: list[bytes]) -> None:
     stale = [row.id for row in rows if row.id in existing]
     if stale:
-        conn.execute("DELETE FROM providers WHERE id = ANY(%s)", (stale,))
+        # One text parameter, cast by PostgreSQL: psycopg adapts a list item by item in Python.
+        conn.execute("DELETE FROM providers WHERE id = ANY(%s::text[])", (text_array(stale),))
     with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
         copy.write(b"".join((HEADER, *data, TRAILER)))
