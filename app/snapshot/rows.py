@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import struct
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
