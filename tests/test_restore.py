@@ -12,6 +12,7 @@ from app.store.keys import STATUSES
 from app.snapshot import NothingToRestore, RestoreRefused, restore, take_snapshot
 
 from .conftest import Providers, gpu, sql
+from .conftest import redis_state as full_state
 
 
 def redis_state(client: redis.Redis) -> dict[str, Any]:
@@ -384,3 +385,84 @@ def test_restore_without_merge_still_refuses_a_redis_that_holds_providers(
     take_snapshot(registry.store, database_url)
     with pytest.raises(RestoreRefused):
         restore(registry.store, database_url)
+
+
+def offline_copy(state: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """What a restore must make of a registry's keys: the same data set, every provider offline.
+
+    Each provider hash keeps every field except its claim and outage grace, with the status
+    `offline` and the lease ended by `now_ms`; leases, claims, grace and events are gone; GPU
+    buckets and counters move under `offline`; every other key (IDs, detail indexes, GPU index
+    sizes, catalogs, the irregular set, the generation marker) is as it was.
+    """
+    expected: dict[str, Any] = {}
+    counts: Counter[str] = Counter()
+    for key, (kind, value) in state.items():
+        name = key.split(":")[1]
+        if name == "provider":
+            fields = {f: v for f, v in value.items() if not f.startswith("claim") and f != "grace_until"}
+            fields["status"] = "offline"
+            fields["lease_expires_at"] = str(min(int(fields["lease_expires_at"]), now_ms))
+            expected[key] = (kind, fields)
+        elif name in ("lease", "leases", "claims", "grace", "events", "pulse", "lock"):
+            continue
+        elif name == "status":
+            continue  # rebuilt below: every provider is offline
+        elif name == "counts":
+            for field, n in value.items():
+                counts["offline|" + field.split("|", 1)[1]] += int(n)
+        elif is_gpu_bucket(key):
+            offline = key.rsplit(":", 1)[0] + ":offline"
+            merged = dict(expected.get(offline, (kind, []))[1])
+            merged.update(value)
+            expected[offline] = (kind, sorted(merged.items(), key=lambda m: (m[1], m[0])))
+        else:
+            expected[key] = (kind, value)
+    ids = sorted(key.split(":", 2)[2] for key in state if key.startswith("registry:provider:"))
+    expected["registry:status:offline"] = ("zset", [(i, 0.0) for i in ids])
+    expected["registry:counts"] = ("hash", {field: str(n) for field, n in counts.items() if n})
+    return expected
+
+
+def test_restore_rebuilds_every_key_of_the_registry_as_it_was_with_every_provider_offline(
+    registry: Registry, providers: Providers, client, redis_db: redis.Redis, database_url: str
+) -> None:
+    ids = register_a_varied_registry(providers)
+    ids += [providers.register(name=f"same-{i}")["id"] for i in range(3)]  # a shared shape
+    assert client.post("/providers/claim", json={"count": 1, "claimant": "s"}).status_code == 200
+    take_snapshot(registry.store, database_url)
+    # Lease deadlines are capped at the restore's clock; read it before, compare after.
+    before = {k: v for k, v in full_state(redis_db).items() if not k.startswith("registry:lock:")}
+    redis_db.flushall()
+
+    restore(registry.store, database_url)
+
+    after = full_state(redis_db)
+    now_ms = registry.store.now_ms()
+    for key, (kind, value) in after.items():
+        if key.startswith("registry:provider:"):
+            assert int(value["lease_expires_at"]) <= now_ms
+            value["lease_expires_at"] = str(min(int(before[key][1]["lease_expires_at"]), now_ms))
+    assert after == offline_copy(before, now_ms)
+
+
+def test_restore_loads_its_script_again_when_redis_lost_the_script_cache(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    ids = [providers.register(name=f"rig-{i}")["id"] for i in range(3)]
+    take_snapshot(registry.store, database_url)
+    redis_db.flushall()
+    redis_db.script_flush()  # as after a restart of a Redis without persistence
+
+    result = restore(registry.store, database_url)
+
+    assert result.restored == 3
+    assert sorted(registry.store.provider_ids()) == sorted(ids)
+
+
+def test_restore_batches_beyond_the_scripts_limit_are_refused_before_reaching_redis(registry: Registry) -> None:
+    from app.store.restore import MAX_RESTORE_BATCH
+
+    hashes = [(f"p{i}", {"status": "idle"}) for i in range(MAX_RESTORE_BATCH + 1)]
+    with pytest.raises(ValueError):
+        registry.store.restore_batch(hashes, registry.store.now_ms())

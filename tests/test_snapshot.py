@@ -251,3 +251,24 @@ def test_a_lock_left_by_a_dead_instance_frees_itself_when_its_lease_lapses(
 
     assert wait_until(lambda: redis_db.get("registry:lock:snapshot") is None, timeout=5)
     assert take_snapshot(registry.store, database_url) is not None
+
+
+def test_ids_reach_postgresql_as_one_array_literal_whatever_characters_they_hold(database_url: str) -> None:
+    from app.snapshot.snapshot import text_array
+
+    ids = ["a", 'quote"d', "back\\slash", "com,ma", "{brace}", " spaced ", "NULL", ""]
+
+    assert sql(database_url, "SELECT %s::text[]", (text_array(ids),)) == [(ids,)]
+
+
+def test_snapshot_reads_through_connections_that_redis_closed_meanwhile(
+    registry: Registry, providers: Providers, redis_db: redis.Redis, database_url: str
+) -> None:
+    for i in range(3):
+        providers.register(name=f"rig-{i}")
+    take_snapshot(registry.store, database_url)
+    redis_db.client_kill_filter(_type="normal", skipme=True)  # as a restarted Redis would
+
+    result = take_snapshot(registry.store, database_url)
+
+    assert result is not None and result.providers == 3

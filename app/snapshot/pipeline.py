@@ -1,60 +1,16 @@
 """Overlap the stages of a long run: Redis, Python and PostgreSQL each work on their own batch.
 
 Redis and PostgreSQL are other processes: while one of them executes a batch, this process
-prepares the next one, so a run takes about as long as its slowest stage, not their sum.
+prepares the next one, so a run takes about as long as its slowest stage, not their sum. The
+Python work stays in the caller's thread: a second thread doing Python work only takes turns
+with it at the GIL, and waits for the GIL again after each of its blocking reads.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, TypeVar
 
-T = TypeVar("T")
 R = TypeVar("R")
-
-_DONE = object()
-
-
-def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Yield the items of `items`, which a thread produces up to `depth` items ahead.
-
-    An exception in the producer is raised here, in order; leaving the loop early stops it.
-    """
-    out: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-
-    thread = threading.Thread(target=produce, name="pipeline-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = out.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        thread.join(timeout=30)
 
 
 class Behind(Generic[R]):

@@ -4,15 +4,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Iterator
 from datetime import timezone
+from itertools import islice
 
 import orjson
 
 from ..config import mask_url
 from ..store import ProviderStore
 from .database import connect
-from .pipeline import Behind, ahead
 from .errors import LockBusy, LockLost, NothingToRestore, RestoreRefused
 from .progress import Progress
 from .snapshot import ProgressFactory, lock_for
@@ -103,23 +102,20 @@ def restore(
             store.wipe(keep=(lock.key,))
         now_ms = store.now_ms()
         bar = progress("restore", total)
-        with conn.cursor(name="restore") as cur, Behind[int]() as redis_writes:
-            cur.execute("SELECT id, redis_hash FROM providers")
-
-            def fetch() -> Iterator[list[tuple[str, str]]]:
-                while rows := cur.fetchmany(BATCH):
-                    yield rows
-
-            # PostgreSQL reads the next batch and Redis writes the previous one while this
-            # thread prepares the current one.
-            for rows in ahead(fetch()):
-                batch = store.restore_batch([(pid, orjson.loads(raw)) for pid, raw in rows], now_ms)
-                redis_writes.submit(store.write_restored, batch)
-                bar.advance(len(rows))
+        # PostgreSQL streams the rows ahead (COPY), and Redis runs the previous batch while this
+        # thread prepares the current one: no thread, so none waits for the GIL. In ID order,
+        # each index's new members go after its others (cheaper ZADDs than in random order).
+        with conn.cursor() as cur, cur.copy(
+            "COPY (SELECT id, redis_hash FROM providers ORDER BY id) TO STDOUT (FORMAT binary)"
+        ) as copy, store.restore_writer() as redis_writes:
+            copy.set_types(["text", "bytea"])  # the hash as bytes: orjson reads them as they are
+            rows = copy.rows()
+            while batch := list(islice(rows, BATCH)):
+                redis_writes.write(store.restore_batch([(pid, orjson.loads(raw)) for pid, raw in batch], now_ms))
+                bar.advance(len(batch))
                 if not lock.held():
                     raise LockLost("restore abandoned: the lock's lease lapsed")
-            redis_writes.wait()
-            restored = sum(redis_writes.results)
+            restored = redis_writes.close()
         bar.close()
         # Only now: a restore cut short leaves Redis without a marker, so snapshots refuse.
         store.set_generation(generation)

@@ -1,15 +1,18 @@
-"""Turn a provider's Redis hash into a row of the `providers` table, as a line of COPY text.
+"""Turn a provider's Redis hash into a row of the `providers` table, in COPY's binary format.
 
 The row keeps the whole hash, every field as it was, in `redis_hash` (JSON text: any string
 survives, NUL included); the other columns are the analysts' view of it. Those columns hold
 what PostgreSQL accepts: a NUL in a text column or inside JSON becomes U+FFFD there.
+
+Binary rather than text COPY: text needs no escaping (a third of the Python time of a row in
+text), and PostgreSQL neither unescapes the ~5 KB of a row nor parses its timestamps.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import time
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,32 +30,70 @@ COLUMNS = (
     "gpus", "metadata", "registered_at", "last_seen_at", "lease_expires_at", "snapshot_at",
     "redis_hash", "digest",
 )
-COPY_SQL = f"COPY providers ({', '.join(COLUMNS)}) FROM STDIN"
-NULL = r"\N"
+COPY_SQL = f"COPY providers ({', '.join(COLUMNS)}) FROM STDIN (FORMAT binary)"
 REPLACEMENT = "\ufffd"
 
+# COPY's binary format: a signature and two empty 32-bit fields, then per row the number of
+# columns and each column as a 32-bit length (-1: NULL) and the bytes of the type's binary
+# form; a 16-bit -1 ends the data.
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+TRAILER = struct.pack(">h", -1)
+_ROW = struct.pack(">h", len(COLUMNS))
+_NULL = struct.pack(">i", -1)
+_length = struct.Struct(">i").pack
+_INT4 = _length(4)
+_TEXT_COLUMNS = ("owner_id", "name", "hostname", "ip_address", "location")
+_NO_DETAILS = (_NULL,) * len(_TEXT_COLUMNS)
+_NO_DOCUMENTS = (_NULL,) * 5  # gpus, metadata and the three timestamps
+_timestamp = struct.Struct(">iq").pack
+# timestamptz counts microseconds from 2000-01-01 UTC; only years 1 to 9999 are kept, as the
+# text form (and Python's datetime) has them.
+_PG_EPOCH_MS = 946_684_800_000
+_MIN_MS, _END_MS = -62_135_596_800_000, 253_402_300_800_000
 
-def copy_text(value: str | None) -> str:
-    """Escape a value for COPY's text format; a NUL, which PostgreSQL refuses, becomes U+FFFD."""
-    if value is None:
-        return NULL
-    if "\x00" in value:
-        value = value.replace("\x00", REPLACEMENT)
-    if "\\" in value:
-        value = value.replace("\\", "\\\\")
-    if "\n" in value or "\r" in value or "\t" in value:
-        value = value.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+def text_value(value: str | None) -> str | None:
+    """Return a text column's value as PostgreSQL accepts it: a NUL becomes U+FFFD."""
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", REPLACEMENT)
     return value
 
 
-def _text_columns(*values: str | None) -> str:
-    """Return the values as tab-separated COPY text, escaping only when one needs it."""
-    if None not in values:
-        joined = "\t".join(values)  # type: ignore[arg-type]
-        if not ("\\" in joined or "\n" in joined or "\r" in joined or "\x00" in joined) \
-                and joined.count("\t") == len(values) - 1:
-            return joined
-    return "\t".join(copy_text(value) for value in values)
+def _text(value: str | None) -> bytes:
+    """Return a text column in COPY's binary format."""
+    if value is None:
+        return _NULL
+    if "\x00" in value:
+        value = value.replace("\x00", REPLACEMENT)
+    data = value.encode()
+    return _length(len(data)) + data
+
+
+def _jsonb(value: str | None) -> bytes:
+    """Return a jsonb column in COPY's binary format: a version byte, 1, then the JSON text."""
+    if value is None:
+        return _NULL
+    if "\x00" in value:  # not JSON at all (an escaped NUL is handled by jsonb_text)
+        value = value.replace("\x00", REPLACEMENT)
+    data = value.encode()
+    return _length(len(data) + 1) + b"\x01" + data
+
+
+def epoch_ms(value: str | None) -> int | None:
+    """Return a timestamp field (epoch ms) as an int; None when absent, invalid or out of range."""
+    try:
+        ms = int(value) if value else None
+    except ValueError:
+        return None
+    if ms is None or not _MIN_MS <= ms < _END_MS:
+        return None
+    return ms
+
+
+def _timestamptz(value: str | None) -> bytes:
+    """Return a timestamptz column (from epoch ms) in COPY's binary format."""
+    ms = epoch_ms(value)
+    return _NULL if ms is None else _timestamp(8, (ms - _PG_EPOCH_MS) * 1000)
 
 
 def _without_nul(value: Any) -> Any:
@@ -77,34 +118,6 @@ def jsonb_text(value: str | None, *, strict: bool = False) -> str | None:
             return None
         value = json.dumps(_without_nul(parsed), separators=(",", ":"), ensure_ascii=False)
     return value
-
-
-class Timestamps:
-    """Format epoch milliseconds as timestamptz text, caching the per-second part."""
-
-    def __init__(self) -> None:
-        self._seconds: dict[int, str] = {}
-
-    def __call__(self, value: str | None) -> str | None:
-        try:
-            ms = int(value) if value else None
-        except ValueError:
-            return None
-        if ms is None:
-            return None
-        seconds, millis = divmod(ms, 1000)
-        text = self._seconds.get(seconds)
-        if text is None:
-            if len(self._seconds) > 100_000:
-                self._seconds.clear()
-            try:
-                moment = time.gmtime(seconds)
-            except (OverflowError, OSError, ValueError):
-                return None
-            if not 1 <= moment.tm_year <= 9999:
-                return None
-            text = self._seconds[seconds] = time.strftime("%Y-%m-%d %H:%M:%S", moment)
-        return f"{text}.{millis:03d}+00"
 
 
 class Models:
@@ -146,46 +159,53 @@ class Row:
 
 
 class RowBuilder:
-    """Read providers into rows, and rows into COPY text, for one snapshot at `snapshot_at_ms`."""
+    """Read providers into rows, and rows into COPY data, for one snapshot at `snapshot_at_ms`."""
 
     def __init__(self, snapshot_at_ms: int) -> None:
-        self.timestamps = Timestamps()
         self.models = Models()
-        self.snapshot_at = self.timestamps(str(snapshot_at_ms))
+        self.snapshot_at = _timestamptz(str(snapshot_at_ms))
+        # The digest is personalised by the status: one keyed state per status, copied per row.
+        self._hashers: dict[str, Any] = {}
 
     def read(self, provider_id: str, fields: dict[str, str], now_ms: int) -> Row:
         """Return the row of a provider's hash read at `now_ms`: its status, text and digest."""
         status = effective_status(fields, now_ms)
         # Sorted keys: the same hash gives the same text, whatever order HGETALL returned.
         raw = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.blake2b(raw, digest_size=16, person=status.encode()[:16]).digest()
-        return Row(provider_id, fields, status, raw, digest, self.models(fields))
+        hasher = self._hashers.get(status)
+        if hasher is None:
+            hasher = self._hashers[status] = hashlib.blake2b(digest_size=16, person=status.encode()[:16])
+        hasher = hasher.copy()
+        hasher.update(raw)
+        return Row(provider_id, fields, status, raw, hasher.digest(), self.models(fields))
 
-    def line(self, row: Row, *, strict: bool = False, minimal: bool = False) -> str:
-        """Return the row as a line of COPY text (only the rows that changed need one).
+    def data(self, row: Row, *, strict: bool = False, minimal: bool = False) -> bytes:
+        """Return the row in COPY's binary format (only the rows that changed need it).
 
         Args:
             strict: parse the JSON columns, so that invalid JSON becomes NULL.
             minimal: only the columns a restore needs (the last resort for an odd provider).
         """
-        ts = self.timestamps
         get = row.fields.get
+        status = row.status.encode()
+        parts = [_ROW, _text(row.id)]
         if minimal:
-            values = [copy_text(row.id), NULL, NULL, NULL, NULL, NULL, row.status,
-                      str(len(row.models)), NULL, NULL, NULL, NULL, NULL]
+            parts += _NO_DETAILS
         else:
-            values = [
-                _text_columns(row.id, get("owner_id"), get("name"), get("hostname"),
-                              get("ip_address"), get("location")),
-                row.status, str(len(row.models)),
-                copy_text(jsonb_text(get("gpus"), strict=strict)),
-                copy_text(jsonb_text(get("metadata"), strict=strict)),
-                copy_text(ts(get("registered_at"))), copy_text(ts(get("last_seen_at"))),
-                copy_text(ts(get("lease_expires_at"))),
-            ]
-        # The JSON of `raw` has no control characters left: only backslashes need escaping.
-        values += [self.snapshot_at, row.raw.decode().replace("\\", "\\\\"), "\\\\x" + row.digest.hex()]
-        return "\t".join(values) + "\n"
+            for name in _TEXT_COLUMNS:
+                parts.append(_text(get(name)))
+        parts += (_length(len(status)), status, _INT4, _length(len(row.models)))
+        if minimal:
+            parts += _NO_DOCUMENTS
+        else:
+            parts += (
+                _jsonb(jsonb_text(get("gpus"), strict=strict)),
+                _jsonb(jsonb_text(get("metadata"), strict=strict)),
+                _timestamptz(get("registered_at")), _timestamptz(get("last_seen_at")),
+                _timestamptz(get("lease_expires_at")),
+            )
+        parts += (self.snapshot_at, _length(len(row.raw)), row.raw, _length(len(row.digest)), row.digest)
+        return b"".join(parts)
 
 
 @dataclass

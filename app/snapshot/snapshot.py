@@ -20,9 +20,9 @@ from ..store import ProviderStore
 from ..store.lock import LeaseLock
 from .database import connect
 from .errors import LockBusy, LockLost, SnapshotRefused
-from .pipeline import Behind, ahead
+from .pipeline import Behind
 from .progress import Progress
-from .rows import COPY_SQL, Counts, Row, RowBuilder
+from .rows import COPY_SQL, HEADER, TRAILER, Counts, Row, RowBuilder
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ def _snapshot(
         ids = store.provider_ids()
         bar = progress("snapshot", len(ids))
         # Redis reads the next batch and PostgreSQL writes the previous one while this thread
-        # builds the rows of the current one.
-        reads = ahead(store.read_hashes(ids[i : i + BATCH]) for i in range(0, len(ids), BATCH))
+        # builds the rows of the current one. All the Python work is done here: the writer
+        # thread only waits for PostgreSQL, so that the threads do not take turns at the GIL.
+        reads = store.iter_hashes(ids, BATCH)
         writes: Behind[int] = Behind()
         with contextlib.closing(reads), writes:
             for read_at, hashes in reads:
@@ -159,7 +160,7 @@ def _snapshot(
                         else:
                             changed += 1
                 if dirty:
-                    writes.submit(_write, conn, builder, dirty, existing)
+                    writes.submit(_write, conn, builder, dirty, [builder.data(row) for row in dirty], existing)
                 bar.advance(len(hashes))
                 if not lock.held():
                     raise LockLost("snapshot abandoned: the lock's lease lapsed; nothing was written")
@@ -204,11 +205,13 @@ def _apply_retention(conn: psycopg.Connection, snapshot_id: int, taken_at: datet
         )
 
 
-def _write(conn: psycopg.Connection, builder: RowBuilder, dirty: list[Row], existing: dict[str, bytes]) -> int:
-    """Replace the rows of `dirty` providers; return how many went in only as a minimal row."""
+def _write(
+    conn: psycopg.Connection, builder: RowBuilder, dirty: list[Row], data: list[bytes], existing: dict[str, bytes]
+) -> int:
+    """Replace the rows of `dirty` providers with `data`; return how many went in only as a minimal row."""
     try:
         with conn.transaction():
-            _replace(conn, dirty, existing, "".join(builder.line(row) for row in dirty))
+            _replace(conn, dirty, existing, data)
         return 0
     except psycopg.DataError as exc:
         log.warning("snapshot batch refused; retrying it one provider at a time", extra={"error": str(exc)})
@@ -216,21 +219,27 @@ def _write(conn: psycopg.Connection, builder: RowBuilder, dirty: list[Row], exis
     for row in dirty:
         try:
             with conn.transaction():
-                _replace(conn, [row], existing, builder.line(row, strict=True))
+                _replace(conn, [row], existing, [builder.data(row, strict=True)])
         except psycopg.DataError as exc:
             log.warning(
                 "provider stored for restore only: PostgreSQL refused its details",
                 extra={"provider_id": row.id, "error": str(exc)},
             )
             with conn.transaction():
-                _replace(conn, [row], existing, builder.line(row, minimal=True))
+                _replace(conn, [row], existing, [builder.data(row, minimal=True)])
             odd += 1
     return odd
 
 
-def _replace(conn: psycopg.Connection, rows: list[Row], existing: dict[str, bytes], text: str) -> None:
+def text_array(values: list[str]) -> str:
+    """Return a PostgreSQL array literal of `values`, each quoted."""
+    return "{" + ",".join('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values) + "}"
+
+
+def _replace(conn: psycopg.Connection, rows: list[Row], existing: dict[str, bytes], data: list[bytes]) -> None:
     stale = [row.id for row in rows if row.id in existing]
     if stale:
-        conn.execute("DELETE FROM providers WHERE id = ANY(%s)", (stale,))
+        # One text parameter, cast by PostgreSQL: psycopg adapts a list item by item in Python.
+        conn.execute("DELETE FROM providers WHERE id = ANY(%s::text[])", (text_array(stale),))
     with conn.cursor() as cur, cur.copy(COPY_SQL) as copy:
-        copy.write(text)
+        copy.write(b"".join((HEADER, *data, TRAILER)))

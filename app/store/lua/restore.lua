@@ -5,22 +5,33 @@
 -- ARGV[1..8] the registry's fixed arguments (lib.lua)
 -- then: p, and per provider: ID, n, n field/value pairs (status "offline", index_keys and
 --       summary among them);
---       g, and per index key: the key, c, c score/ID pairs (the batch's members of that key);
+--       s, and per hardware shape: its providers' positions in the batch (1-based, each two
+--       bytes big-endian), e, e index key/score pairs (the detail indexes and GPU buckets
+--       every provider of the shape belongs to);
+--       z, z GPU index/VRAM pairs (the sizes present in the batch: member and score the size);
 --       i, i IDs of irregular providers;
 --       k, k counter field/increment pairs (the batch's summary, under offline).
 -- Returns the number of providers written.
--- Members and counters come grouped by key: one ZADD per index key and one HINCRBY per counter
--- for the whole batch, rather than one call per provider and key.
+-- Index members and counters come grouped for the whole batch: one ZADD per index key and
+-- one HINCRBY per counter, rather than one call per provider and key; and the providers of an
+-- index are named by their positions, once per shape, so each ID crosses the wire once.
 local i = CTX_ARGS + 1
-local skipped, any_skipped, less = {}, false, {}
-local written = {}
+local skipped, less = {}, {}
+local ids, written = {}, {}
 
 local p = tonumber(ARGV[i]); i = i + 1
-for _ = 1, p do
-  local id, n = ARGV[i], tonumber(ARGV[i + 1])
-  local first, last = i + 2, i + 1 + 2 * n
-  local hash = hkey(id)
-  local h = read_state(id)
+local firsts, hashes = {}, {}
+for n = 1, p do
+  ids[n], firsts[n], hashes[n] = ARGV[i], i + 2, hkey(ARGV[i])
+  i = i + 2 + 2 * tonumber(ARGV[i + 1])
+end
+-- Usually none exists (Redis lost its data): one EXISTS for the batch, not one per provider.
+local any_present = p > 0 and redis.call('EXISTS', unpack(hashes)) > 0
+for n = 1, p do
+  local id, hash, first = ids[n], hashes[n], firsts[n]
+  local last = first - 1 + 2 * tonumber(ARGV[first - 1])
+  local h = nil
+  if any_present and redis.call('EXISTS', hash) == 1 then h = read_state(id) end
   if h then
     local seen_at = 0
     for j = first, last, 2 do
@@ -38,7 +49,7 @@ for _ = 1, p do
     written[#written + 1] = id
   else
     -- Rare: take this provider back out of the batch's members and counters.
-    skipped[id], any_skipped = true, true
+    skipped[id] = true
     for j = first, last, 2 do
       if ARGV[j] == 'summary' and ARGV[j + 1] ~= '' then
         for _, e in ipairs(cjson.decode(ARGV[j + 1])) do
@@ -48,28 +59,46 @@ for _ = 1, p do
       end
     end
   end
-  i = last + 1
 end
 
-local g = tonumber(ARGV[i]); i = i + 1
-for _ = 1, g do
-  local key, c = ARGV[i], tonumber(ARGV[i + 1])
-  local first, last = i + 2, i + 1 + 2 * c
-  if not any_skipped then
-    redis.call('ZADD', key, unpack(ARGV, first, last))
-  else
-    local members = {}
-    for j = first, last, 2 do
-      if not skipped[ARGV[j + 1]] then
-        members[#members + 1] = ARGV[j]
-        members[#members + 1] = ARGV[j + 1]
-      end
-    end
-    if #members > 0 then redis.call('ZADD', key, unpack(members)) end
+local s = tonumber(ARGV[i]); i = i + 1
+local members, keys = {}, {}
+for _ = 1, s do
+  local positions, e = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  local shape = {}
+  for j = 1, #positions, 2 do
+    local high, low = string.byte(positions, j, j + 1)
+    local id = ids[high * 256 + low]
+    if not skipped[id] then shape[#shape + 1] = id end
   end
-  catalog_add(key)
-  i = last + 1
+  for _ = 1, e do
+    local key, score = ARGV[i], ARGV[i + 1]
+    i = i + 2
+    local m = members[key]
+    if not m then
+      m = {}
+      members[key] = m
+      keys[#keys + 1] = key
+    end
+    for _, id in ipairs(shape) do
+      m[#m + 1] = score
+      m[#m + 1] = id
+    end
+  end
 end
+-- One ZADD per index key for the batch, whatever the shapes of its members.
+for _, key in ipairs(keys) do
+  if #members[key] > 0 then redis.call('ZADD', key, unpack(members[key])) end
+  catalog_add(key)
+end
+
+local z = tonumber(ARGV[i]); i = i + 1
+for j = i, i + 2 * z - 1, 2 do
+  redis.call('ZADD', ARGV[j], ARGV[j + 1], ARGV[j + 1])
+  catalog_add(ARGV[j])
+end
+i = i + 2 * z
 
 local n_irregular = tonumber(ARGV[i]); i = i + 1
 local irregular = {}
