@@ -196,7 +196,7 @@ def load(
     key_prefix: str = "registry:",
     processes: int = 4,
     lease_ttl_s: float = 86400.0,
-    timeout_s: float = 900.0,
+    timeout_s: float | None = None,
     tokens: bool = False,
 ) -> tuple[list[tuple[str, str]], float]:
     """Register providers 0..n-1 of the fleet in parallel processes.
@@ -206,8 +206,11 @@ def load(
     Returns:
         The (id, status) of every provider loaded, in index order, and the seconds it took.
     Raises:
-        TimeoutError: the load did not finish within `timeout_s`.
+        TimeoutError: the load did not finish within `timeout_s` (default: 15 minutes, or 200
+            providers a second for a larger fleet, a shared 2-core machine's worst case).
     """
+    if timeout_s is None:
+        timeout_s = max(900.0, n / 200)
     chunk = max(1, min(2000, -(-n // processes)))
     jobs = [
         _Chunk(redis_url, key_prefix, lease_ttl_s, seed, start, min(n, start + chunk), tokens)

@@ -137,3 +137,19 @@ def test_live_values_survive_a_snapshot_of_the_hash_and_its_restore(limited: Fla
     assert store.restore(hashes, store.now_ms()) == 1
     provider, _ = store.get(daemon.id)
     assert [g["utilization_gpu_percent"] for g in provider.gpus] == [44, 45]
+
+
+def test_a_snapshot_holds_the_gpus_with_their_latest_live_values(
+    limited: Flask, database_url: str
+) -> None:
+    from app.registry import EXTENSION
+    from app.snapshot import take_snapshot
+
+    from .conftest import sql
+
+    daemon = register_daemon(limited, gpus=TWO_GPUS)
+    beat(daemon, {"gpu_metrics": metrics(61, 62)})
+    take_snapshot(limited.extensions[EXTENSION].store, database_url)
+    [(gpus,)] = sql(database_url, "SELECT gpus FROM providers WHERE id = %s", (daemon.id,))
+    assert [g["utilization_gpu_percent"] for g in gpus] == [61, 62]
+    assert [g["model_name"] for g in gpus] == ["NVIDIA A100", "NVIDIA A100"]

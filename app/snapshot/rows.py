@@ -120,6 +120,23 @@ def jsonb_text(value: str | None, *, strict: bool = False) -> str | None:
     return value
 
 
+def gpus_with_live_values(gpus: str | None, live: str | None) -> str | None:
+    """Return the GPU list as the API shows it: the hash's `gpu_live` laid over `gpus`.
+
+    Without `gpu_live` (no heartbeat has sent every live value since the GPUs were
+    registered) the stored text goes through untouched.
+    """
+    if not live or gpus is None:
+        return gpus
+    try:
+        merged = orjson.loads(gpus)
+        for gpu, values in zip(merged, orjson.loads(live)):
+            gpu.update(values)
+    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        return gpus  # a malformed field stays as it was, as every other column does
+    return orjson.dumps(merged).decode()
+
+
 class Models:
     """Canonical GPU model of each GPU of a provider, for the counts.
 
@@ -199,7 +216,7 @@ class RowBuilder:
             parts += _NO_DOCUMENTS
         else:
             parts += (
-                _jsonb(jsonb_text(get("gpus"), strict=strict)),
+                _jsonb(jsonb_text(gpus_with_live_values(get("gpus"), get("gpu_live")), strict=strict)),
                 _jsonb(jsonb_text(get("metadata"), strict=strict)),
                 _timestamptz(get("registered_at")), _timestamptz(get("last_seen_at")),
                 _timestamptz(get("lease_expires_at")),
