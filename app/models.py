@@ -50,6 +50,14 @@ def _int(value: str | None) -> int | None:
 _FLOAT_NUMBER = re.compile(r":\s*-?\d+(?:\.\d|[eE])")
 
 
+def with_live_values(gpus: list[dict[str, Any]], live: str | None) -> list[dict[str, Any]]:
+    """Lay a hash's `gpu_live` (JSON, or None) over its decoded GPU list, by position."""
+    if live:
+        for gpu, values in zip(gpus, orjson.loads(live)):
+            gpu.update(values)
+    return gpus
+
+
 def _gpus(text: str, live: str | None = None) -> list[dict[str, Any]]:
     """Decode a stored GPU list with its live values laid over it, by position.
 
@@ -58,10 +66,7 @@ def _gpus(text: str, live: str | None = None) -> list[dict[str, Any]]:
     came instead of decoding and encoding the GPU list in Redis. Numbers that version 1
     stored as floats come back as ints.
     """
-    gpus = orjson.loads(text)
-    if live:
-        for gpu, values in zip(gpus, orjson.loads(live)):
-            gpu.update(values)
+    gpus = with_live_values(orjson.loads(text), live)
     if not _FLOAT_NUMBER.search(text):
         return gpus  # the usual case: no number with a fraction or an exponent to look for
     for gpu in gpus:

@@ -20,6 +20,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from ..models import with_live_values
 from ..rules import effective_status_of_hash as effective_status
 from ..store import canonical_name
 
@@ -129,9 +130,7 @@ def gpus_with_live_values(gpus: str | None, live: str | None) -> str | None:
     if not live or gpus is None:
         return gpus
     try:
-        merged = orjson.loads(gpus)
-        for gpu, values in zip(merged, orjson.loads(live)):
-            gpu.update(values)
+        merged = with_live_values(orjson.loads(gpus), live)
     except (orjson.JSONDecodeError, TypeError, AttributeError):
         return gpus  # a malformed field stays as it was, as every other column does
     return orjson.dumps(merged).decode()

@@ -42,15 +42,6 @@ end
 local function count_heartbeat(limits, counted)
   if limits == '' then return nil, nil end
   local now = ctx.now
-  -- One limit (the usual case) without building tables: this runs on every renewal.
-  local amount, window = string.match(limits, '^(%d+) (%d+)$')
-  if amount then
-    local ends, n = string.match(counted or '', '^(%d+) (%d+)$')
-    ends, n = tonumber(ends), tonumber(n)
-    if not ends or ends <= now then ends, n = now + tonumber(window), 0 end
-    if n >= tonumber(amount) then return nil, ends - now end
-    return ends .. ' ' .. (n + 1), nil
-  end
   local state = {}
   for n in string.gmatch(counted or '', '%d+') do state[#state + 1] = tonumber(n) end
   local out, i, wait = {}, 0, nil
@@ -103,11 +94,11 @@ end
 local function renew(keys, argv)
   local a = CTX_ARGS
   local id = argv[a + 1]
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  -- What renew_lease needs of ctx (begin fills the rest, when the heartbeat is not plain).
+  ctx.hash_prefix, ctx.lease_prefix, ctx.leases = argv[1], argv[3], keys[2]
+  local now = now_ms()
   ctx.now = now
-  local hash = argv[1] .. id
-  local v = redis.call('HMGET', hash, unpack(HEARTBEAT_FIELDS))
+  local v = redis.call('HMGET', hkey(id), unpack(HEARTBEAT_FIELDS))
   local status, wanted, token, if_match = v[1], argv[a + 3], argv[a + 6], argv[a + 5]
   local metrics, health = argv[a + 4], argv[a + 8] or ''
   local plain = status ~= false and status ~= OFFLINE and not v[7]
@@ -121,29 +112,12 @@ local function renew(keys, argv)
     windows, wait = count_heartbeat(argv[a + 7] or '', v[9] or nil)
     plain = not wait
   end
-  if not plain then
-    if status == false then return nil, nil end
-    local h = {}
-    for i, name in ipairs(HEARTBEAT_FIELDS) do
-      if v[i] ~= false then h[name] = v[i] end
-    end
-    return nil, h
-  end
-  local ttl = tonumber(argv[a + 2])
-  local deadline = now + ttl
-  redis.call('SET', argv[3] .. id, now, 'PX', ttl)
-  redis.call('ZADD', keys[2], deadline, id)
-  if windows and metrics ~= '' then
-    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline,
-      'heartbeat_windows', windows, 'gpu_live', metrics)
-  elseif windows then
-    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline,
-      'heartbeat_windows', windows)
-  elseif metrics ~= '' then
-    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline, 'gpu_live', metrics)
-  else
-    redis.call('HSET', hash, 'last_seen_at', now, 'lease_expires_at', deadline)
-  end
+  if not plain then return nil, fields_of(HEARTBEAT_FIELDS, v) end
+  local more = {}
+  if windows then more[#more + 1], more[#more + 2] = 'heartbeat_windows', windows end
+  if metrics ~= '' then more[#more + 1], more[#more + 2] = 'gpu_live', metrics end
+  -- Not under grace (v[7] is nil): renew_lease ends none.
+  local deadline = renew_lease(id, tonumber(argv[a + 2]), {}, unpack(more))
   return {1, now, {status, now, deadline, v[6] or 0}}
 end
 

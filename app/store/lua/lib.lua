@@ -30,14 +30,18 @@ local function hkey(id) return ctx.hash_prefix .. id end
 -- STATE_FIELDS, STATUSES, CLAIM_FIELDS, counter_field and the other constants come from the
 -- prelude generated from app/rules.py (scripts.py puts it first).
 -- A provider's state from HMGET of `fields` (status first); nil when it does not exist.
-local function read_fields(id, fields)
-  local v = redis.call('HMGET', hkey(id), unpack(fields))
-  if v[1] == false then return nil end
+-- fields_of: the same from values already read.
+local function fields_of(names, values)
+  if values[1] == false then return nil end
   local h = {}
-  for i, name in ipairs(fields) do
-    if v[i] ~= false then h[name] = v[i] end
+  for i, name in ipairs(names) do
+    if values[i] ~= false then h[name] = values[i] end
   end
   return h
+end
+
+local function read_fields(id, fields)
+  return fields_of(fields, redis.call('HMGET', hkey(id), unpack(fields)))
 end
 
 local function read_state(id)
@@ -228,17 +232,13 @@ local function end_claim(id, h, reason)
   end
 end
 
--- Renew the lease from now; `field`, `value` (optional) go into the same HSET.
-local function renew_lease(id, ttl, h, field, value)
+-- Renew the lease from now; `...`: more field/value pairs for the same HSET.
+local function renew_lease(id, ttl, h, ...)
   end_grace(id, h)
   local deadline = ctx.now + ttl
   redis.call('SET', ctx.lease_prefix .. id, ctx.now, 'PX', ttl)
   redis.call('ZADD', ctx.leases, deadline, id)
-  if field then
-    redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline, field, value)
-  else
-    redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline)
-  end
+  redis.call('HSET', hkey(id), 'last_seen_at', ctx.now, 'lease_expires_at', deadline, ...)
   return deadline
 end
 
