@@ -2,29 +2,16 @@
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
+from .gpu_fragments import gpus_json
 from .rules import effective_status
 
 DETAIL_FIELDS = ("owner_id", "name", "hostname", "ip_address", "location")
-# Live GPU fields a heartbeat may update; the rest of a GPU changes only with its details.
-LIVE_GPU_FIELDS = (
-    "utilization_gpu_percent",
-    "utilization_memory_percent",
-    "temperature_c",
-    "power_draw_w",
-    "is_healthy",
-)
-# GPU fields that the platform's Go structs declare as integers.
-INTEGER_GPU_FIELDS = (
-    "vram_mb", "cuda_cores", "tensor_cores", "memory_bandwidth_gb_s", "power_consumption_w",
-    "utilization_gpu_percent", "utilization_memory_percent", "temperature_c", "power_draw_w",
-)
 
 
 def rfc3339(ms: int | None) -> str | None:
@@ -45,47 +32,20 @@ def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-# A JSON number with a fraction or an exponent right after a key (strings start with a quote;
-# one that merely contains ":1.5" makes _gpus look at every field, which is harmless).
-_FLOAT_NUMBER = re.compile(r":\s*-?\d+(?:\.\d|[eE])")
-
-
-def with_live_values(gpus: list[dict[str, Any]], live: str | None) -> list[dict[str, Any]]:
-    """Lay a hash's `gpu_live` (JSON, or None) over its decoded GPU list, by position."""
-    if live:
-        for gpu, values in zip(gpus, orjson.loads(live)):
-            gpu.update(values)
-    return gpus
-
-
-def _gpus(text: str, live: str | None = None) -> list[dict[str, Any]]:
-    """Decode a stored GPU list with its live values laid over it, by position.
-
-    `live` is the hash's `gpu_live` field: the live values of the last heartbeats that only
-    changed them (heartbeat.lua), kept apart so that such a heartbeat writes them as they
-    came instead of decoding and encoding the GPU list in Redis. Numbers that version 1
-    stored as floats come back as ints.
-    """
-    gpus = with_live_values(orjson.loads(text), live)
-    if not _FLOAT_NUMBER.search(text):
-        return gpus  # the usual case: no number with a fraction or an exponent to look for
-    for gpu in gpus:
-        for name in INTEGER_GPU_FIELDS:
-            if type(gpu.get(name)) is float:
-                gpu[name] = round(gpu[name])
-    return gpus
-
-
-@dataclass(frozen=True)
+@dataclass
 class Provider:
-    """A provider as stored, with its lease deadline; `status` is the stored status."""
+    """A provider as stored, with its lease deadline; `status` is the stored status.
+
+    The GPUs and the metadata stay the JSON text the store keeps: an answer embeds it as it
+    is (orjson.Fragment), and `gpus` and `metadata` decode it only when asked.
+    """
 
     id: str
     owner_id: str
     name: str
     status: str
-    gpus: list[dict[str, Any]]
-    metadata: dict[str, Any]
+    gpus_json: str
+    metadata_json: str
     registered_at_ms: int
     last_seen_at_ms: int | None
     lease_expires_at_ms: int | None
@@ -107,8 +67,8 @@ class Provider:
             owner_id=fields["owner_id"],
             name=fields["name"],
             status=fields["status"],
-            gpus=_gpus(fields["gpus"], fields.get("gpu_live")),
-            metadata=orjson.loads(fields.get("metadata") or "{}"),
+            gpus_json=gpus_json(fields) or "[]",
+            metadata_json=fields.get("metadata") or "{}",
             registered_at_ms=int(fields["registered_at"]),
             last_seen_at_ms=_int(fields.get("last_seen_at")),
             lease_expires_at_ms=_int(fields.get("lease_expires_at")),
@@ -122,6 +82,16 @@ class Provider:
             claim_confirmed=fields.get("claim_confirmed") == "1",
             grace_until_ms=_int(fields.get("grace_until")),
         )
+
+    @functools.cached_property
+    def gpus(self) -> list[dict[str, Any]]:
+        """The GPUs, decoded."""
+        return orjson.loads(self.gpus_json)  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def metadata(self) -> dict[str, Any]:
+        """The metadata, decoded."""
+        return orjson.loads(self.metadata_json)  # type: ignore[no-any-return]
 
     def lease_live(self, now_ms: int) -> bool:
         """Return whether the lease still runs at `now_ms`."""
@@ -153,7 +123,11 @@ class Provider:
         return f'"{self.version}"'
 
     def to_json(self, now_ms: int) -> dict[str, Any]:
-        """Return the provider as the API shows it, with its status as of `now_ms`."""
+        """Return the provider as the API shows it, with its status as of `now_ms`.
+
+        The GPUs and metadata are orjson Fragments: orjson (jsonify, the pages) writes their
+        text as it is.
+        """
         return {
             "id": self.id,
             "owner_id": self.owner_id,
@@ -163,8 +137,8 @@ class Provider:
             "location": self.location,
             "status": self.effective_status(now_ms),
             "liveness": self.liveness(now_ms),
-            "gpus": self.gpus,
-            "metadata": self.metadata,
+            "gpus": orjson.Fragment(self.gpus_json),
+            "metadata": orjson.Fragment(self.metadata_json),
             "registered_at": rfc3339(self.registered_at_ms),
             "last_seen_at": rfc3339(self.last_seen_at_ms),
             "lease_expires_at": rfc3339(self.lease_expires_at_ms),

@@ -38,6 +38,17 @@ PROVIDER_SUFFIX = "provider:"
 NO_KEY_SUFFIX = "tmp:none"
 # A GPU bucket is "<GPU index>:<vram>:<status>" (Keys.bucket, lib.lua's bucket_add).
 BUCKET_SEP = ":"
+# Live GPU fields a heartbeat may update; the rest of a GPU changes only with its details.
+LIVE_GPU_FIELDS = (
+    "utilization_gpu_percent",
+    "utilization_memory_percent",
+    "temperature_c",
+    "power_draw_w",
+    "is_healthy",
+)
+# Separates the GPUs' JSON fragments in `gpu_specs` and `gpu_live` (gpu_fragments.py): JSON
+# text never holds this control character raw.
+GPU_SEP = "\x1e"
 # A GPU token is "<model>|<architecture>|<vram>[!]" ("!": unhealthy), see indexing.gpu_token.
 UNHEALTHY_MARK = "!"
 
@@ -103,7 +114,9 @@ def is_claim_field(name: str) -> bool:
 
 def _lua(value: Any) -> str:
     if isinstance(value, str):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        text = value.replace("\\", "\\\\").replace("'", "\\'")
+        # Control characters as Lua's three-digit escapes (a newline would end the literal).
+        return "'" + "".join(f"\\{ord(c):03d}" if c < " " else c for c in text) + "'"
     if isinstance(value, (tuple, list)):
         return "{" + ", ".join(_lua(v) for v in value) + "}"
     if isinstance(value, dict):
@@ -126,6 +139,8 @@ def lua_prelude() -> str:
         "NO_KEY_SUFFIX": NO_KEY_SUFFIX,
         "BUCKET_SEP": BUCKET_SEP,
         "UNHEALTHY_MARK": UNHEALTHY_MARK,
+        "LIVE_GPU_FIELDS": LIVE_GPU_FIELDS,
+        "GPU_SEP": GPU_SEP,
     }
     lines = ["-- Generated from app/rules.py when the scripts are loaded: edit it there."]
     lines += [f"local {name} = {_lua(value)}" for name, value in constants.items()]

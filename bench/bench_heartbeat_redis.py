@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import fleet
 from app.keyring import hash_secret
-from app.models import LIVE_GPU_FIELDS
+from app.rules import LIVE_GPU_FIELDS
 from app.store import Keys, ProviderStore
 from procs import RedisProc
 

@@ -17,8 +17,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app.gpu_fragments import gpus_json, gpus_of
 from app.jobs.sweeper import Sweeper
 from app.registry import EXTENSION
+from app.store.migrations import migrate
 
 from .conftest import bearer_client
 
@@ -216,24 +218,36 @@ def test_a_fractional_value_for_an_integer_field_is_400(go):
     assert "gpus" in response.get_json()["details"]
 
 
-def test_floats_stored_by_version_1_are_answered_as_integers(go, redis_db):
+def as_version_1(redis_db, key: str, text: str) -> None:
+    """Make a provider's hash hold its GPUs as version 1 did: one JSON list in `gpus`."""
+    redis_db.hset(key, "gpus", text)
+    redis_db.hdel(key, "gpu_specs", "gpu_live")
+
+
+def test_floats_stored_by_version_1_are_answered_as_integers(go, open_app, redis_db):
     provider_id = register(go)
     key = f"registry:provider:{provider_id}"
-    gpus = json.loads(redis_db.hget(key, "gpus"))
+    gpus = gpus_of(redis_db.hgetall(key))
     gpus[0].update(memory_bandwidth_gb_s=2039.0, temperature_c=40.0, utilization_gpu_percent=12.0)
-    redis_db.hset(key, "gpus", json.dumps(gpus))
+    as_version_1(redis_db, key, json.dumps(gpus))
     assert "2039.0" in redis_db.hget(key, "gpus")
     assert_go_provider(go_decode(go.get(f"/providers/{provider_id}").data))
     assert_go_provider(go_decode(go.get("/providers").data)[0])
+    # The migration to layout 3 stores them as integers.
+    redis_db.set("registry:layout", "2")
+    migrate(open_app.extensions[EXTENSION].store)
+    stored = redis_db.hgetall(key)
+    assert '"memory_bandwidth_gb_s":2039,' in stored["gpu_specs"] and '"temperature_c":40,' in stored["gpu_live"]
+    assert_go_provider(go_decode(go.get(f"/providers/{provider_id}").data))
 
 
 @pytest.mark.parametrize("written", ["2039.0", "2.039e3", "2039E0", "2039.0 "])
 def test_any_float_spelling_in_a_stored_gpu_list_is_answered_as_an_integer(go, redis_db, written):
-    # Lua's cjson writes numbers over 1e14 with an exponent; version 1 wrote "2039.0".
+    # Lua's cjson wrote numbers over 1e14 with an exponent; version 1 wrote "2039.0".
     provider_id = register(go)
     key = f"registry:provider:{provider_id}"
-    text = redis_db.hget(key, "gpus")
-    redis_db.hset(key, "gpus", text.replace('"memory_bandwidth_gb_s":2039', f'"memory_bandwidth_gb_s": {written}'))
+    text = gpus_json(redis_db.hgetall(key))
+    as_version_1(redis_db, key, text.replace('"memory_bandwidth_gb_s":2039', f'"memory_bandwidth_gb_s": {written}'))
     assert written.strip() in redis_db.hget(key, "gpus")
     gpu = go_decode(go.get(f"/providers/{provider_id}").data)["gpus"][0]
     assert_go_provider({"gpus": [gpu], "version": 1})

@@ -1,10 +1,11 @@
 """The daemon's heartbeat with live GPU metrics: as cheap as a plain renewal when it can be.
 
-The platform's Go daemon sends every GPU's live values with each heartbeat. When they give
-every live field of every GPU and change no GPU's health, the heartbeat FUNCTION keeps them
-as they came in the hash's `gpu_live` field, laid over the GPU list on every read; anything
-else (partial metrics, a GPU turning unhealthy, a count that does not match) folds them into
-the GPU list and updates the health marks and indexes, as before.
+The platform's Go daemon sends every GPU's live values with each heartbeat. The hash keeps
+them apart from the GPUs' specs, in `gpu_live` (one JSON fragment per GPU, joined to the
+specs on every read). When they give every live field of every GPU and change no GPU's
+health, the heartbeat FUNCTION stores them as they came; anything else (partial metrics, a
+GPU turning unhealthy, a count that does not match) merges them into the stored ones in Lua
+and updates the health marks and indexes. The specs never change with a heartbeat.
 """
 from __future__ import annotations
 
@@ -80,8 +81,15 @@ def test_partial_metrics_after_complete_ones_keep_the_fields_they_do_not_send(
     first, second = gpus_of(daemon)
     assert (first["temperature_c"], first["utilization_gpu_percent"]) == (77, 30)
     assert second["utilization_gpu_percent"] == 40
-    # Folded into the GPU list: nothing is kept apart any more.
-    assert redis_db.hget(f"registry:provider:{daemon.id}", "gpu_live") is None
+    # Merged into the live values by position, in their fixed order; the specs untouched.
+    key = f"registry:provider:{daemon.id}"
+    assert redis_db.hget(key, "gpu_live").split("\x1e") == [
+        '"utilization_gpu_percent":30,"utilization_memory_percent":15,"temperature_c":77,'
+        '"power_draw_w":130,"is_healthy":true',
+        '"utilization_gpu_percent":40,"utilization_memory_percent":20,"temperature_c":44,'
+        '"power_draw_w":140,"is_healthy":true',
+    ]
+    assert "utilization" not in redis_db.hget(key, "gpu_specs")
 
 
 def test_a_gpu_turning_unhealthy_still_updates_its_mark_and_the_queries(
@@ -121,7 +129,7 @@ def test_registering_again_starts_from_the_new_gpus_without_the_old_live_values(
     body = {"owner_id": "owner-1", "name": "rig-1", "gpus": [gpu(architecture="ampere", temperature_c=33)]}
     response = daemon.client.put(f"/providers/{daemon.id}", json=body)
     assert response.status_code == 200, response.get_json()
-    assert redis_db.hget(f"registry:provider:{daemon.id}", "gpu_live") is None
+    assert redis_db.hget(f"registry:provider:{daemon.id}", "gpu_live") == '"temperature_c":33,"is_healthy":true'
     [only] = gpus_of(daemon)
     assert only["temperature_c"] == 33 and "utilization_gpu_percent" not in only
 

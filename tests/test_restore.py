@@ -295,7 +295,7 @@ def test_an_odd_provider_does_not_break_the_snapshot_of_the_others(
     odd = providers.register(name="odd")["id"]
     key = f"registry:provider:{odd}"
     # What no API call writes, but a bug or a hand edit could: PostgreSQL refuses both.
-    redis_db.hset(key, mapping={"gpus": "[{not json", "name": "bad\x00name\ttab"})
+    redis_db.hset(key, mapping={"gpu_specs": "\"model_name\": {not json", "name": "bad\x00name\ttab"})
     odd_fields = redis_db.hgetall(key)
 
     result = take_snapshot(registry.store, database_url)

@@ -24,6 +24,9 @@ from .conftest import ADMIN_KEY, bearer_client, gpu, provider_body
 KEY_LAYOUT = Path(__file__).resolve().parent.parent / "docs" / "REDIS_KEYS.md"
 
 
+LIVE_PIECE = '"is_healthy":true'
+
+
 def lapse(redis_db, provider_id: str) -> None:
     redis_db.hset(f"registry:provider:{provider_id}", "lease_expires_at", 1)
     redis_db.zadd("registry:leases", {provider_id: 1})
@@ -34,13 +37,15 @@ def test_provider_hash_holds_the_documented_fields(providers, redis_db):
     stored = redis_db.hgetall(f"registry:provider:{body['id']}")
 
     assert set(stored) == {
-        "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "gpus",
-        "metadata", "registered_at", "last_seen_at", "lease_expires_at", "index_keys", "gpu_keys",
+        "id", "owner_id", "name", "hostname", "ip_address", "location", "status", "gpu_specs",
+        "gpu_live", "metadata", "registered_at", "last_seen_at", "lease_expires_at", "index_keys", "gpu_keys",
         "version", "summary", "token_hash", "bucket_stems",
     }
     assert stored["id"] == body["id"]
     assert stored["status"] == "busy"
-    assert json.loads(stored["gpus"]) == body["gpus"]
+    # Each GPU as two ready-made pieces of its JSON object, joined by \x1e (one GPU here).
+    assert json.loads("{" + stored["gpu_specs"] + "," + stored["gpu_live"] + "}") == body["gpus"][0]
+    assert stored["gpu_live"] == LIVE_PIECE
     assert json.loads(stored["metadata"]) == {"rack": "r12"}
     assert int(stored["lease_expires_at"]) - int(stored["last_seen_at"]) == 30_000
     assert stored["registered_at"] == stored["last_seen_at"]
@@ -240,7 +245,7 @@ def test_a_write_is_one_atomic_script_call(client, providers, redis_db, route):
 
 
 @pytest.mark.usefixtures("warm")
-def test_a_query_is_one_script_call_that_reads_only_the_page(client, providers, redis_db):
+def test_a_query_is_one_script_call_then_one_hmget_per_row_of_the_page(client, providers, redis_db):
     for i in range(60):
         model, status = ("A100" if i % 2 else "H100"), ("busy" if i % 3 else "idle")
         providers.register(gpus=[gpu(model, 40960 + i)], status=status)
@@ -249,7 +254,8 @@ def test_a_query_is_one_script_call_that_reads_only_the_page(client, providers, 
     assert len(response.get_json()) == 5
     calls = command_calls(redis_db)
     assert calls.pop("evalsha") == 1
-    assert calls["hgetall"] == 5 + 1  # the page, and the GPU catalog: not every provider
+    assert calls["hgetall"] == 1  # the GPU catalog, in the script
+    assert calls["hmget"] == 5  # the page's rows, pipelined after it: not every provider
     assert not set(calls) & {"keys", "scan", "zscan", "sscan", "hscan", "smembers"}
 
 
@@ -269,7 +275,7 @@ def test_an_exact_model_query_reads_one_catalog_field_not_the_catalog(client, pr
     redis_db.config_resetstat()
     assert len(client.get("/providers?gpu_model_exact=a100&limit=2").get_json()) == 2
     calls = command_calls(redis_db)
-    assert calls["hget"] == 1 and calls["hgetall"] == 2
+    assert calls["hget"] == 1 and calls["hmget"] == 2 and "hgetall" not in calls
 
 
 # ---- the key layout document shows what the store writes --------------------------------------------------

@@ -6,7 +6,6 @@ rebuilds every index from the provider hashes alone and compares it with what Re
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
@@ -15,6 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from app.errors import ProviderNotFound
+from app.gpu_fragments import gpus_of
 from app.registry import Registry
 from app.models import Filters
 from app.store.keys import LIVE_STATUSES, STATUSES, Keys, canonical_name, fold_name
@@ -45,7 +45,9 @@ details = st.fixed_dictionaries(
 )
 provider_id = st.sampled_from(IDS)
 register = st.tuples(st.just("register"), provider_id, details, st.sampled_from(LIVE_STATUSES))
-metrics = st.tuples(st.just("metrics"), provider_id, st.none(), st.lists(st.booleans(), min_size=1, max_size=4))
+# Each GPU's health alone (merged in Lua), or every live value (the plain renewal's metrics).
+metrics = st.tuples(st.sampled_from(["metrics", "complete metrics"]), provider_id, st.none(),
+                    st.lists(st.booleans(), min_size=1, max_size=4))
 # Registrations and metrics weigh double: together they flip providers (ir)regular.
 operations = st.one_of(
     register,
@@ -71,6 +73,11 @@ def apply(registry: Registry, op: tuple[str, str, Any, Any]) -> None:
             store.heartbeat(pid, status=extra)
         elif kind == "metrics":
             store.heartbeat(pid, gpu_metrics=[{"is_healthy": healthy} for healthy in extra])
+        elif kind == "complete metrics":
+            store.heartbeat(pid, gpu_metrics=[
+                {"utilization_gpu_percent": 50, "utilization_memory_percent": 5, "temperature_c": 60,
+                 "power_draw_w": 200, "is_healthy": healthy} for healthy in extra
+            ])
         elif kind == "update":
             store.update(pid, body)
         else:
@@ -86,7 +93,7 @@ def recomputed(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     catalogs: dict[str, dict[str, str]] = {keys.gpu_catalog: {}, keys.arch_catalog: {}}
     for hash_key in client.scan_iter(match=f"{keys.provider_prefix}*"):
         fields = client.hgetall(hash_key)
-        pid, gpus_list = fields["id"], json.loads(fields["gpus"])
+        pid, gpus_list = fields["id"], gpus_of(fields)
         entries = index_entries(keys, {"gpus": gpus_list, "location": fields.get("location")})
         for key, score in entries:
             zsets[key][pid] = float(score)
@@ -196,7 +203,7 @@ def matches(fields: dict[str, str], f: Filters) -> bool:
             and not (f.healthy_only and gpu.get("is_healthy") is False)
         )
 
-    passing = sum(gpu_passes(gpu) for gpu in json.loads(fields["gpus"]))
+    passing = sum(gpu_passes(gpu) for gpu in gpus_of(fields))
     location_ok = f.location is None or fold_name(f.location) == fold_name(fields.get("location") or "")
     status_ok = not f.statuses or fields["status"] in f.statuses
     return passing >= f.min_gpus and location_ok and status_ok

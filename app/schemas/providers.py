@@ -5,7 +5,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, pre_load, validate
 
-from ..models import LIVE_GPU_FIELDS
+from ..rules import LIVE_GPU_FIELDS
 from ..store.keys import LIVE_STATUSES, STATUSES
 from .fields import (
     MAX_NAME, IPAddress, JSONObject, Name, OptionalName, PlainNestedList, StrictBoolean, StrictInteger,

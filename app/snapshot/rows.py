@@ -20,7 +20,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
-from ..models import with_live_values
+from ..gpu_fragments import gpus_json, gpus_of
 from ..rules import effective_status_of_hash as effective_status
 from ..store import canonical_name
 
@@ -121,21 +121,6 @@ def jsonb_text(value: str | None, *, strict: bool = False) -> str | None:
     return value
 
 
-def gpus_with_live_values(gpus: str | None, live: str | None) -> str | None:
-    """Return the GPU list as the API shows it: the hash's `gpu_live` laid over `gpus`.
-
-    Without `gpu_live` (no heartbeat has sent every live value since the GPUs were
-    registered) the stored text goes through untouched.
-    """
-    if not live or gpus is None:
-        return gpus
-    try:
-        merged = with_live_values(orjson.loads(gpus), live)
-    except (orjson.JSONDecodeError, TypeError, AttributeError):
-        return gpus  # a malformed field stays as it was, as every other column does
-    return orjson.dumps(merged).decode()
-
-
 class Models:
     """Canonical GPU model of each GPU of a provider, for the counts.
 
@@ -150,7 +135,7 @@ class Models:
         gpu_keys = fields.get("gpu_keys")
         if gpu_keys is None:
             try:
-                return tuple(unquote_plus(canonical_name(g["model_name"])) for g in json.loads(fields["gpus"]))
+                return tuple(unquote_plus(canonical_name(g["model_name"])) for g in gpus_of(fields))
             except (KeyError, TypeError, ValueError, AttributeError):
                 return ()
         models = self._by_gpu_keys.get(gpu_keys)
@@ -160,6 +145,14 @@ class Models:
             models = tuple(unquote_plus(token.split("|", 1)[0]) for token in gpu_keys.split())
             self._by_gpu_keys[gpu_keys] = models
         return models
+
+
+def _gpus_json(fields: dict[str, str]) -> str | None:
+    """Return the GPU column: the list as the API shows it (a malformed one: None, NULL)."""
+    try:
+        return gpus_json(fields)
+    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        return None
 
 
 @dataclass
@@ -215,7 +208,7 @@ class RowBuilder:
             parts += _NO_DOCUMENTS
         else:
             parts += (
-                _jsonb(jsonb_text(gpus_with_live_values(get("gpus"), get("gpu_live")), strict=strict)),
+                _jsonb(jsonb_text(_gpus_json(row.fields), strict=strict)),
                 _jsonb(jsonb_text(get("metadata"), strict=strict)),
                 _timestamptz(get("registered_at")), _timestamptz(get("last_seen_at")),
                 _timestamptz(get("lease_expires_at")),

@@ -13,8 +13,9 @@ from typing import Any, Iterable
 import redis
 
 from ..errors import Forbidden, ProviderNotFound, RateLimited, Unauthorized, VersionMismatch
-from ..models import DETAIL_FIELDS, LIVE_GPU_FIELDS, Lease, Provider
-from ..rules import UNHEALTHY_MARK
+from ..gpu_fragments import live_fragments, split_gpus
+from ..models import DETAIL_FIELDS, Lease, Provider
+from ..rules import LIVE_GPU_FIELDS, UNHEALTHY_MARK
 from .idempotency import run_script as run_fenced
 from .idempotency import write_is_fenced
 from .indexing import bucket_stems, dumps, gpu_token, index_entries, summary_contribution
@@ -131,7 +132,7 @@ class ProviderStore(QueryMixin, MaintenanceMixin, RestoreMixin):
         metrics, health = "", ""
         if gpu_metrics:
             live = [{f: gpu[f] for f in LIVE_GPU_FIELDS if gpu.get(f) is not None} for gpu in gpu_metrics]
-            metrics = dumps(live)
+            metrics = live_fragments(live)
             health = live_health(live)
         return [provider_id, self.lease_ttl_ms, status or "", metrics, if_match, expected_token_hash,
                 self.heartbeat_limits, health]
@@ -141,12 +142,14 @@ class ProviderStore(QueryMixin, MaintenanceMixin, RestoreMixin):
         for name in DETAIL_FIELDS:
             value = details.get(name)
             fields += [name, "" if value is None else value]  # "" removes an old value
+        gpus = split_gpus(details["gpus"])
         fields += [
-            "gpus", dumps(details["gpus"]),
+            # New GPUs come with their own live values, or none: not the old GPUs' ones.
+            "gpu_specs", gpus["gpu_specs"],
+            "gpu_live", gpus["gpu_live"],
+            "gpus", "",  # the list as layouts before 3 kept it, on a hash not yet migrated
             "metadata", dumps(details.get("metadata") or {}),
             "gpu_keys", " ".join(gpu_token(gpu) for gpu in details["gpus"]),
-            # New GPUs start without the live values of the old ones (heartbeat.lua).
-            "gpu_live", "",
             "bucket_stems", bucket_stems(self.keys, details),
             "summary", dumps(summary_contribution(details)),
         ]

@@ -11,13 +11,17 @@ from typing import Any, Iterator
 import hiredis
 import redis
 from redis.cluster import RedisCluster
-from orjson import loads as _fast_loads  # a restore parses every provider's GPUs
 
+from ..gpu_fragments import gpus_of, legacy_gpus, split_gpus
+from ..rules import GPU_SEP
 from .indexing import dumps, gpu_buckets, gpu_token, index_entries, is_claim_field, is_irregular, summary_contribution
 from .keys import Keys
 from .maintenance import ms
 from ..rules import OFFLINE, counter_field
+from . import wire
 from .scripts import wrap_errors
+
+_UNHEALTHY = '"is_healthy":false'
 
 log = logging.getLogger(__name__)
 
@@ -28,31 +32,15 @@ MAX_RESTORE_BATCH = 2000
 # Names that may be a claim field or "grace_until", which a restore drops.
 _DROPPED = ("claim", "grace_until")
 
-_TIME = b"*1\r\n$4\r\nTIME\r\n"
-
-
-def _hgetall(key: bytes) -> bytes:
-    """Return HGETALL `key` in the Redis protocol."""
-    return b"*2\r\n$7\r\nHGETALL\r\n$%d\r\n%s\r\n" % (len(key), key)
+_TIME = wire.command(b"TIME")
 
 
 @wrap_errors
-def _send_reads(conn: Any, keys: Keys, provider_ids: list[str], retry: bool = False) -> Any:
-    """Write TIME and an HGETALL per provider on `conn`; return the connection written to.
-
-    `retry`: a pooled connection that died with a restarted Redis is replaced once (nothing
-    was read from it yet, and these are reads: sending them again is safe).
-    """
+def _send_reads(conn: Any, keys: Keys, provider_ids: list[str], retry: bool = False) -> None:
+    """Write TIME and an HGETALL per provider on `conn` (see wire.send for `retry`)."""
     prefix = keys.provider_prefix.encode()
-    packed = b"".join([_TIME, *(_hgetall(prefix + provider_id.encode()) for provider_id in provider_ids)])
-    try:
-        conn.send_packed_command([packed])
-    except redis.ConnectionError:
-        if not retry:
-            raise
-        conn.disconnect()
-        conn.send_packed_command([packed])
-    return conn
+    packed = b"".join([_TIME, *(wire.command(b"HGETALL", prefix + pid.encode()) for pid in provider_ids)])
+    wire.send(conn, packed, retry)
 
 
 @wrap_errors
@@ -112,10 +100,7 @@ class RestoreMixin:
             for ids in batches:
                 yield self._read_hashes_pipelined(ids)
             return
-        pool = self.redis.connection_pool
-        conn = pool.get_connection()
-        clean = False
-        try:
+        with wire.pooled(self.redis) as conn:
             _send_reads(conn, self.keys, batches[0], retry=True)
             for n, ids in enumerate(batches):
                 found = _receive_reads(conn, ids)
@@ -124,11 +109,6 @@ class RestoreMixin:
                 if n + 1 < len(batches):
                     _send_reads(conn, self.keys, batches[n + 1])
                 yield found
-            clean = True
-        finally:
-            if not clean:
-                conn.disconnect()  # its unread replies must not reach the next user
-            pool.release(conn)
 
     @wrap_errors
     def _read_hashes_pipelined(self, provider_ids: list[str]) -> tuple[int, list[tuple[str, dict[str, str]]]]:
@@ -166,16 +146,16 @@ class RestoreMixin:
             out["lease_expires_at"] = str(now_ms)
         location = out.get("location")
         try:
-            gpus = _fast_loads(out.get("gpus") or "[]")
-            # What the indexes, counters and tokens depend on; live metrics are left out, so a
-            # fleet of a few hardware kinds computes them a few times, not once per provider.
-            shape = (location, tuple(
-                (gpu["model_name"], gpu["vram_mb"], gpu.get("architecture"), gpu.get("is_healthy"))
-                for gpu in gpus
-            ))
+            if "gpu_specs" not in out:  # a snapshot of an older layout: its GPUs as layout 3 keeps them
+                out.update(split_gpus(legacy_gpus(out.pop("gpus", None) or "[]", out.get("gpu_live"))))
+            specs, live = out["gpu_specs"], out.get("gpu_live") or ""
+            # What the indexes, counters and tokens depend on: the specs and each GPU's health,
+            # not the other live values, so a fleet of a few hardware kinds computes them a few
+            # times, not once per provider.
+            shape = (location, specs, tuple(_UNHEALTHY in part for part in live.split(GPU_SEP)))
             derived = self._derived.get(shape)
             if derived is None:
-                derived = self._derive(gpus, location)
+                derived = self._derive(gpus_of(out), location)
                 if len(self._derived) >= 4096:
                     self._derived.clear()
                 self._derived[shape] = derived

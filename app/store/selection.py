@@ -1,11 +1,34 @@
-"""Selection: the filter arguments of select.lua (shared by queries and claims) and the query."""
+"""Selection: the filter arguments of select.lua (shared by queries and claims) and the query.
+
+A query takes two round trips: query.lua selects, counts and pages the providers and returns
+their IDs, then one pipelined HMGET per provider reads the fields an answer shows. Inside a
+script, every byte a command returns is copied into Lua and out again (about 2 ns a byte:
+half of a page's Redis time when the script read the hashes itself); a pipelined HMGET
+writes the stored text straight to the socket. Each row is read whole by its HMGET; a
+provider deleted between the two steps is left out of the page (its cursor still follows
+the selection), and one that changed shows as it is now.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+from redis.cluster import RedisCluster
+
 from ..models import Filters, Page, Provider
 from .keys import STATUSES, Keys, canonical_name, fold_name
-from .scripts import pairs, wrap_errors
+from . import wire
+from .scripts import wrap_errors
+
+# The hash fields an answer shows (Provider.from_hash); `gpus` is a hash not yet migrated.
+PAGE_FIELDS = (
+    "owner_id", "name", "hostname", "ip_address", "location", "status", "gpu_specs", "gpu_live",
+    "gpus", "metadata", "registered_at", "last_seen_at", "lease_expires_at", "version",
+    "claim_id", "claimant", "claim_expires_at", "claim_confirmed", "grace_until",
+)
+_STATUS = PAGE_FIELDS.index("status")  # every provider has one: None, the provider is gone
+# HMGET <key> <PAGE_FIELDS> in the Redis protocol, around the key.
+_HMGET = b"*%d\r\n$5\r\nHMGET\r\n" % (len(PAGE_FIELDS) + 2)
+_FIELDS = b"".join(wire.bulk(name.encode()) for name in PAGE_FIELDS)
 
 
 def filter_keys(keys: Keys, filters: Filters) -> list[str]:
@@ -46,6 +69,8 @@ class QueryMixin:
     keys: Keys
     _query: Any
     run_script: Any
+    redis: Any
+    replicas: Any
 
     def filter_keys(self, filters: Filters) -> list[str]:
         """Return the filter KEYS of select.lua for `filters` (see `filter_keys`)."""
@@ -70,9 +95,34 @@ class QueryMixin:
             [*self.filter_args(filters), limit, cursor_id, "" if cursor_value is None else cursor_value],
             read_only=True,
         )
-        providers = [Provider.from_hash(pairs(flat)) for _, flat, _ in rows]
+        providers = self.read_providers([provider_id for provider_id, _ in rows])
         next_cursor = None
         if has_more and rows:
-            last_id, _, last_value = rows[-1]
+            last_id, last_value = rows[-1]
             next_cursor = (last_id, int(float(last_value)) if filters.sort else None)
         return Page(providers=providers, total=total, next_cursor=next_cursor, now_ms=now)
+
+    def read_providers(self, provider_ids: list[str]) -> list[Provider]:
+        """Read providers by ID in one round trip, in order; those gone are left out.
+
+        From the replicas when reads go there (as the query's script did).
+        """
+        if not provider_ids:
+            return []
+        client = self.replicas.reader or self.redis
+        prefix = self.keys.provider_prefix.encode()
+        if isinstance(client, RedisCluster):
+            pipe = client.pipeline(transaction=False)
+            for provider_id in provider_ids:
+                pipe.hmget(self.keys.provider(provider_id), PAGE_FIELDS)
+            rows = pipe.execute()
+        else:
+            packed = b"".join(_HMGET + wire.bulk(prefix + pid.encode()) + _FIELDS for pid in provider_ids)
+            rows = wire.replies(client, packed, len(provider_ids))
+        providers = []
+        for provider_id, values in zip(provider_ids, rows):
+            if values[_STATUS] is not None:
+                fields = dict(zip(PAGE_FIELDS, values))
+                fields["id"] = provider_id
+                providers.append(Provider.from_hash(fields))
+        return providers

@@ -56,29 +56,55 @@ local function count_heartbeat(limits, counted)
   return table.concat(out, ' '), nil
 end
 
--- Live values go into the GPU list by position. Those kept apart in `gpu_live` by the
--- plain renewals (`renew`) are folded in first, so the list holds them all again.
-local function merge_metrics(id, metrics)
-  local stored = redis.call('HMGET', hkey(id), 'gpus', 'gpu_live', 'gpu_keys')
-  local gpus = cjson.decode(stored[1])
-  for _, list in ipairs({stored[2] or '[]', metrics}) do
-    for i, live in ipairs(cjson.decode(list)) do
-      if gpus[i] then
-        for field, value in pairs(live) do gpus[i][field] = value end
-      end
+-- `gpu_live` split at GPU_SEP: one piece per GPU, "" for a GPU without live values.
+local function gpu_parts(text)
+  local parts, from = {}, 1
+  while true do
+    local at = string.find(text, GPU_SEP, from, true)
+    if not at then
+      parts[#parts + 1] = string.sub(text, from)
+      return parts
     end
+    parts[#parts + 1] = string.sub(text, from, at - 1)
+    from = at + 1
   end
-  -- Health marks of the GPU tokens follow is_healthy.
-  local tokens, i = {}, 0
-  for token in string.gmatch(stored[3] or '', '%S+') do
-    i = i + 1
-    local plain = string.gsub(token, '!$', '')
-    if gpus[i] and gpus[i]['is_healthy'] == false then plain = plain .. '!' end
-    tokens[#tokens + 1] = plain
+end
+
+local function decoded_parts(text)
+  if string.sub(text, 1, 1) == '[' then return cjson.decode(text) end  -- layout 2's JSON list
+  local values = {}
+  for i, part in ipairs(gpu_parts(text)) do values[i] = cjson.decode('{' .. part .. '}') end
+  return values
+end
+
+-- A GPU's live values as its `gpu_live` piece: JSON object members in LIVE_GPU_FIELDS order.
+local function live_piece(values)
+  local out = {}
+  for _, name in ipairs(LIVE_GPU_FIELDS) do
+    if values[name] ~= nil then out[#out + 1] = '"' .. name .. '":' .. cjson.encode(values[name]) end
+  end
+  return table.concat(out, ',')
+end
+
+-- Live values that are not plain (some fields only, a health change, another number of
+-- GPUs) go over the stored ones by position; only `gpu_live` changes, never the GPU specs.
+-- The health marks of the GPU tokens follow is_healthy.
+local function merge_metrics(id, metrics)
+  local stored = redis.call('HMGET', hkey(id), 'gpu_live', 'gpu_keys')
+  local live, incoming = decoded_parts(stored[1] or ''), decoded_parts(metrics)
+  local tokens, pieces = {}, {}
+  for token in string.gmatch(stored[2] or '', '%S+') do
+    local i = #tokens + 1
+    local values = live[i] or {}
+    for field, value in pairs(incoming[i] or {}) do values[field] = value end
+    pieces[i] = live_piece(values)
+    local plain = string.gsub(token, UNHEALTHY_MARK .. '$', '')
+    if values.is_healthy == false then token = plain .. UNHEALTHY_MARK
+    elseif values.is_healthy == true then token = plain end
+    tokens[i] = token
   end
   local gpu_keys = table.concat(tokens, ' ')
-  redis.call('HSET', hkey(id), 'gpus', cjson.encode(gpus), 'gpu_keys', gpu_keys)
-  redis.call('HDEL', hkey(id), 'gpu_live')
+  redis.call('HSET', hkey(id), 'gpu_live', table.concat(pieces, GPU_SEP), 'gpu_keys', gpu_keys)
   mark_irregular(id, gpu_keys)
 end
 
@@ -86,7 +112,7 @@ end
 -- lease and live GPU values (no new status, nothing lapsed, no grace to end, metrics whole
 -- and with the stored health), accepted. It reads the clock and the hash and writes the lease
 -- key, the leases index and the hash (the metrics as they came, in `gpu_live`: they replace
--- the last ones whole, and Provider.from_hash lays them over the GPU list): not the pulse,
+-- the last ones whole): not the pulse,
 -- because nothing it reads or writes depends on an outage (its own lease has not lapsed, and
 -- every other script checks the pulse before it reads a lease: see grant_grace).
 -- Returns heartbeat()'s reply; or nil and the state it read (as read_fields returns it), when

@@ -17,6 +17,8 @@ local a = CTX_ARGS
 local id, mode, ttl, status, if_match, new_token, expected =
   ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7]
 local hash = hkey(id)
+local DERIVED_FIELDS = {summary = true, gpu_keys = true, bucket_stems = true}
+local GPU_FIELDS = {gpu_specs = 'gpus', gpu_live = 'gpus', gpus = 'gpus'}
 
 local h = read_state(id)
 if mode == 'update' and not h then return {-1, ctx.now, {}} end
@@ -45,10 +47,12 @@ if h then
   settle(id, h)
   previous = h.status
   local old = redis.call('HMGET', hash, unpack(names))
+  -- The event names what changed as the API names it: a GPU's specs or live values are "gpus".
+  local seen = {}
   for i, name in ipairs(names) do
-    if (old[i] or '') ~= values[i] and name ~= 'summary' and name ~= 'gpu_keys'
-        and name ~= 'bucket_stems' and name ~= 'gpu_live' then
-      changed[#changed + 1] = name
+    local shown = DERIVED_FIELDS[name] and '' or GPU_FIELDS[name] or name
+    if (old[i] or '') ~= values[i] and shown ~= '' and not seen[shown] then
+      changed[#changed + 1], seen[shown] = shown, true
     end
   end
   -- Take the old details out of the counters and indexes; the new ones go in below.
