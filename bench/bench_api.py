@@ -58,6 +58,7 @@ BENCH_ADMIN_KEY = "bench-admin-key-0123456789abcdefghijklmnop"
 HIGH_LIMIT = "1000000/second"
 # Script calls: INFO commandstats also counts every command they run.
 SCRIPT_CALLS = ("fcall", "fcall_ro", "evalsha", "eval", "evalsha_ro", "eval_ro")
+PAGES_TARGET = 0.25  # query pages/s at the throughput runs' connections, at least this share of the floor's req/s
 QUERY_P99_TARGET = 1.5  # the query's p99 at the largest size at most this times the smallest's
 
 
@@ -216,7 +217,16 @@ def summarise(runs: list[Run], sizes: list[int]) -> dict[str, Any]:
         ]
 
     out: dict[str, Any] = {"targets": targets, "heartbeat_vs_floor": {}, "daemon_vs_floor": {},
-                           "query_p99_growth": None}
+                           "pages_vs_floor": {}, "query_p99_growth": None}
+    for n in sizes:
+        values = ratios(f"pages@{n}", "floor", "rps")
+        pages = targets.get(f"pages@{n}", {})
+        out["pages_vs_floor"][n] = {
+            "median": median(values), "min": min(values, default=None), "max": max(values, default=None),
+            "met": bool(values) and median(values) >= PAGES_TARGET,
+            "p99_ms": pages.get("p99_ms"), "redis_us": pages.get("redis_us_per_request"),
+            "redis_cpu_us": pages.get("redis_cpu_us_per_request"),
+        }
     # heartbeat@n: {"status": ...} from a provider token; daemon@n: the Go daemon's own body.
     for kind, n in [(kind, n) for kind in ("heartbeat", "daemon") for n in sizes]:
         values = ratios(f"{kind}@{n}", "floor", "rps")
@@ -507,6 +517,11 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
             instance.base_url + query_path(args), "get.lua",
             {"threads": q_threads, "connections": args.query_connections, "headers": env["auth"]}, client,
         )
+        # The same query at the throughput runs' connections: pages per second.
+        plans[f"pages@{n}"] = (
+            instance.base_url + query_path(args), "get.lua",
+            {"threads": threads, "connections": conns, "headers": env["auth"]}, client,
+        )
     names = list(plans)
     for name in names:
         url, script, shape, _ = plans[name]
@@ -524,6 +539,7 @@ def measure(args: argparse.Namespace, env: dict[str, Any], deadline: float) -> l
         shares[f"daemon@{n}"] = script_shares(client, lambda: _http("POST", daemon_url, body, daemon))
         query_url = instance.base_url + query_path(args)
         shares[f"query@{n}"] = script_shares(client, lambda: _http("GET", query_url, auth=env["auth"]), count=10)
+        shares[f"pages@{n}"] = shares[f"query@{n}"]
     runs: list[Run] = []
     for round_index in range(args.rounds):
         for name in rotation(names, round_index):
@@ -625,6 +641,14 @@ def render(report: dict[str, Any]) -> str:
                    if r.get("fleet_per_redis_core_cpu") else ".")
                 if r.get("redis_us") else ""
             )
+        )
+    for n, r in s.get("pages_vs_floor", {}).items():
+        if r["median"] is None:
+            continue
+        lines.append(
+            f"- Query pages at {int(n):,} / floor: median {r['median']:.2f} (rounds {r['min']:.2f}–{r['max']:.2f}); "
+            f"target ≥ {PAGES_TARGET}: {'met' if r['met'] else 'NOT met'}. p99 {r['p99_ms']:.1f} ms"
+            + (f", Redis {r['redis_us']:.0f} µs per page ({r['redis_cpu_us']:.0f} µs of CPU)." if r.get("redis_us") else ".")
         )
     g = s["query_p99_growth"]
     if g and g["median"] is not None:

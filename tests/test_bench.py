@@ -92,6 +92,16 @@ def test_missed_targets_are_reported_as_missed() -> None:
     assert summary["query_p99_growth"]["met"] is False
 
 
+def test_query_pages_are_measured_against_the_floor_at_the_same_connections() -> None:
+    runs = [
+        _run(0, "floor", rps=4000), _run(0, "pages@10", rps=1200), _run(0, "pages@100", rps=800),
+        _run(1, "floor", rps=2000), _run(1, "pages@10", rps=500), _run(1, "pages@100", rps=400),
+    ]
+    pages = bench_api.summarise(runs, [10, 100])["pages_vs_floor"]
+    assert pages[10]["median"] == pytest.approx(0.275) and pages[10]["met"] is True
+    assert pages[100]["median"] == pytest.approx(0.2) and pages[100]["met"] is False
+
+
 def test_wrk_result_is_read_from_the_report_line() -> None:
     stdout = (
         "Running 5s test @ http://127.0.0.1:1/\n"
