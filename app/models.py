@@ -32,7 +32,7 @@ def _int(value: str | None) -> int | None:
     return int(value) if value not in (None, "") else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Provider:
     """A provider as stored, with its lease deadline; `status` is the stored status.
 
@@ -83,12 +83,12 @@ class Provider:
             grace_until_ms=_int(fields.get("grace_until")),
         )
 
-    @functools.cached_property
+    @property
     def gpus(self) -> list[dict[str, Any]]:
         """The GPUs, decoded."""
         return orjson.loads(self.gpus_json)  # type: ignore[no-any-return]
 
-    @functools.cached_property
+    @property
     def metadata(self) -> dict[str, Any]:
         """The metadata, decoded."""
         return orjson.loads(self.metadata_json)  # type: ignore[no-any-return]

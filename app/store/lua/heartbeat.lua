@@ -112,9 +112,9 @@ end
 -- lease and live GPU values (no new status, nothing lapsed, no grace to end, metrics whole
 -- and with the stored health), accepted. It reads the clock and the hash and writes the lease
 -- key, the leases index and the hash (the metrics as they came, in `gpu_live`: they replace
--- the last ones whole): not the pulse,
--- because nothing it reads or writes depends on an outage (its own lease has not lapsed, and
--- every other script checks the pulse before it reads a lease: see grant_grace).
+-- the last ones whole): not the pulse, because nothing it reads or writes depends on an
+-- outage (its own lease has not lapsed, and every other script checks the pulse before it
+-- reads a lease: see grant_grace).
 -- Returns heartbeat()'s reply; or nil and the state it read (as read_fields returns it), when
 -- the heartbeat is not plain: the caller then runs `begin` and the full `heartbeat`.
 local function renew(keys, argv)
