@@ -9,6 +9,8 @@ taking heartbeats; before the migration has run, it reads and writes the old has
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 import redis
 from flask import Flask
 
+from app.jobs.sweeper import Sweeper
 from app.registry import Registry
 from app.store.migrations import LAYOUT_VERSION, migrate
 
@@ -157,3 +160,21 @@ def test_a_snapshot_of_layout_2_restores_into_layout_3(registry: Registry, clien
         assert client.get(f"/providers/{provider_id}").get_json()["gpus"] == answer["gpus"]
     assert sorted(p["id"] for p in client.get("/providers?gpu_model=l4&healthy_only=true").get_json()) == \
         FIXTURE["queries"]["healthy_only=true&gpu_model=l4"]
+
+
+def test_the_leaders_sweeper_migrates_before_its_first_sweep(
+    layout2: dict[str, Any], registry: Registry, redis_db: redis.Redis
+) -> None:
+    sweeper = Sweeper(registry.store, interval_s=0.05)
+    thread = threading.Thread(target=sweeper.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while sweeper.sweeps == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sweeper.stop()
+        thread.join(5)
+    assert sweeper.sweeps > 0
+    assert redis_db.get("registry:layout") == "3"
+    assert all("gpus" not in fields for fields in provider_hashes(redis_db).values())
