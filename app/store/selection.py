@@ -89,16 +89,17 @@ class QueryMixin:
         is the (ID, sort value) of the last provider of the previous page.
         """
         cursor_id, cursor_value = cursor if cursor else ("", None)
-        now, total, has_more, *rows = self.run_script(
+        now, total, has_more, *flat = self.run_script(
             self._query,
             self.filter_keys(filters),
             [*self.filter_args(filters), limit, cursor_id, "" if cursor_value is None else cursor_value],
             read_only=True,
         )
-        providers = self.read_providers([provider_id for provider_id, _ in rows])
+        ids = flat[::2]
+        providers = self.read_providers(ids)
         next_cursor = None
-        if has_more and rows:
-            last_id, last_value = rows[-1]
+        if has_more and ids:
+            last_id, last_value = flat[-2:]
             next_cursor = (last_id, int(float(last_value)) if filters.sort else None)
         return Page(providers=providers, total=total, next_cursor=next_cursor, now_ms=now)
 
