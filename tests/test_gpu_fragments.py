@@ -71,3 +71,13 @@ def test_whole_floats_of_version_1_come_back_as_integers() -> None:
 
 def test_a_hash_without_gpus_has_none() -> None:
     assert gpus_json({}) is None and gpus_of({}) == []
+
+
+@given(gpu, st.integers(2, 8), st.data())
+def test_identical_gpus_keep_their_spec_once_and_read_back_whole(one: dict[str, Any], n: int, data: Any) -> None:
+    listed = [dict(one) for _ in range(n)]
+    listed.append(data.draw(gpu))  # perhaps another kind after them
+    fields = split_gpus(listed)
+    pieces = fields["gpu_specs"].split(GPU_SEP)
+    assert pieces[0] and pieces[1:n] == [""] * (n - 1)
+    assert same_gpus(gpus_of(fields), listed)
