@@ -32,6 +32,9 @@ INTEGER_GPU_FIELDS = (
     "utilization_gpu_percent", "utilization_memory_percent", "temperature_c", "power_draw_w",
 )
 _LIVE = frozenset(LIVE_GPU_FIELDS)
+# How an unhealthy GPU's live piece says so: orjson (split_gpus, live_fragments) and
+# heartbeat.lua's live_piece both write JSON without spaces.
+_UNHEALTHY = '"is_healthy":false'
 
 
 def _members(values: Mapping[str, Any]) -> str:
@@ -58,6 +61,11 @@ def split_gpus(gpus: list[dict[str, Any]]) -> dict[str, str]:
         previous = spec
         live.append(_members({k: gpu[k] for k in LIVE_GPU_FIELDS if k in gpu}))
     return {"gpu_specs": GPU_SEP.join(specs), "gpu_live": GPU_SEP.join(live)}
+
+
+def health_marks(live: str | None) -> tuple[bool, ...]:
+    """Return, for each GPU of a `gpu_live`, whether it says the GPU is unhealthy."""
+    return tuple(_UNHEALTHY in part for part in (live or "").split(GPU_SEP))
 
 
 def _join(specs: str, live: str | None) -> str:

@@ -37,7 +37,7 @@ class Provider:
     """A provider as stored, with its lease deadline; `status` is the stored status.
 
     The GPUs and the metadata stay the JSON text the store keeps: an answer embeds it as it
-    is (orjson.Fragment), and `gpus` and `metadata` decode it only when asked.
+    is (orjson.Fragment), and `gpus` decodes the GPUs only when asked.
     """
 
     id: str
@@ -87,11 +87,6 @@ class Provider:
     def gpus(self) -> list[dict[str, Any]]:
         """The GPUs, decoded."""
         return orjson.loads(self.gpus_json)  # type: ignore[no-any-return]
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The metadata, decoded."""
-        return orjson.loads(self.metadata_json)  # type: ignore[no-any-return]
 
     def lease_live(self, now_ms: int) -> bool:
         """Return whether the lease still runs at `now_ms`."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import pytest
 import redis
 
@@ -61,7 +62,7 @@ def test_bulk_reads_after_redis_restarted_go_out_on_a_new_connection(
     assert len(client.get("/providers?limit=10").get_json()) == 1  # pooled connections in use
     redis_server.stop()
     redis_server.start()
-    assert wire.replies(registry.store.redis, wire.command(b"ECHO", b"back"), 1) == ["back"]
+    assert wire.replies(registry.store.redis, hiredis.pack_command(("ECHO", "back")), 1) == ["back"]
     providers.register()
     assert len(client.get("/providers?limit=10").get_json()) == 1
 
@@ -70,5 +71,6 @@ def test_a_read_that_fails_midway_does_not_leave_its_replies_to_the_next_read(re
     client = registry.store.redis
     with pytest.raises(redis.ResponseError):
         # The second command fails with one reply still unread: that connection must close.
-        wire.replies(client, wire.command(b"ECHO", b"1") + wire.command(b"NOSUCHCOMMAND") + wire.command(b"ECHO", b"3"), 3)
-    assert wire.replies(client, wire.command(b"ECHO", b"next"), 1) == ["next"]
+        packed = b"".join(hiredis.pack_command(c) for c in (("ECHO", "1"), ("NOSUCHCOMMAND",), ("ECHO", "3")))
+        wire.replies(client, packed, 3)
+    assert wire.replies(client, hiredis.pack_command(("ECHO", "next")), 1) == ["next"]

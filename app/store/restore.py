@@ -12,16 +12,13 @@ import hiredis
 import redis
 from redis.cluster import RedisCluster
 
-from ..gpu_fragments import gpus_of, legacy_gpus, split_gpus
-from ..rules import GPU_SEP
+from ..gpu_fragments import gpus_of, health_marks, legacy_gpus, split_gpus
 from .indexing import dumps, gpu_buckets, gpu_token, index_entries, is_claim_field, is_irregular, summary_contribution
 from .keys import Keys
 from .maintenance import ms
 from ..rules import OFFLINE, counter_field
 from . import wire
 from .scripts import wrap_errors
-
-_UNHEALTHY = '"is_healthy":false'
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +29,14 @@ MAX_RESTORE_BATCH = 2000
 # Names that may be a claim field or "grace_until", which a restore drops.
 _DROPPED = ("claim", "grace_until")
 
-_TIME = wire.command(b"TIME")
+_TIME = hiredis.pack_command(("TIME",))
 
 
 @wrap_errors
 def _send_reads(conn: Any, keys: Keys, provider_ids: list[str], retry: bool = False) -> None:
     """Write TIME and an HGETALL per provider on `conn` (see wire.send for `retry`)."""
     prefix = keys.provider_prefix.encode()
-    packed = b"".join([_TIME, *(wire.command(b"HGETALL", prefix + pid.encode()) for pid in provider_ids)])
+    packed = b"".join([_TIME, *(hiredis.pack_command((b"HGETALL", prefix + pid.encode())) for pid in provider_ids)])
     wire.send(conn, packed, retry)
 
 
@@ -148,11 +145,10 @@ class RestoreMixin:
         try:
             if "gpu_specs" not in out:  # a snapshot of an older layout: its GPUs as layout 3 keeps them
                 out.update(split_gpus(legacy_gpus(out.pop("gpus", None) or "[]", out.get("gpu_live"))))
-            specs, live = out["gpu_specs"], out.get("gpu_live") or ""
             # What the indexes, counters and tokens depend on: the specs and each GPU's health,
             # not the other live values, so a fleet of a few hardware kinds computes them a few
             # times, not once per provider.
-            shape = (location, specs, tuple(_UNHEALTHY in part for part in live.split(GPU_SEP)))
+            shape = (location, out["gpu_specs"], health_marks(out.get("gpu_live")))
             derived = self._derived.get(shape)
             if derived is None:
                 derived = self._derive(gpus_of(out), location)

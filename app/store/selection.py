@@ -26,8 +26,9 @@ PAGE_FIELDS = (
     "claim_id", "claimant", "claim_expires_at", "claim_confirmed", "grace_until",
 )
 _STATUS = PAGE_FIELDS.index("status")  # every provider has one: None, the provider is gone
-# HMGET <key> <PAGE_FIELDS> in the Redis protocol, around the key.
-_HMGET = b"*%d\r\n$5\r\nHMGET\r\n" % (len(PAGE_FIELDS) + 2)
+# HMGET <key> <PAGE_FIELDS> in the Redis protocol, around the key: packed once, the fields
+# cost a page nothing (hiredis.pack_command of each whole row's command: 1.3 µs more a row).
+_HMGET = b"*%d\r\n" % (len(PAGE_FIELDS) + 2) + wire.bulk(b"HMGET")
 _FIELDS = b"".join(wire.bulk(name.encode()) for name in PAGE_FIELDS)
 
 

@@ -14,13 +14,12 @@ import redis
 
 
 def bulk(part: bytes) -> bytes:
-    """Return one argument of a command in the Redis protocol."""
+    """Return one argument of a command in the Redis protocol.
+
+    For commands packed from parts that repeat (a page's HMGETs, whose field names are packed
+    once); hiredis.pack_command packs a whole command.
+    """
     return b"$%d\r\n%s\r\n" % (len(part), part)
-
-
-def command(*parts: bytes) -> bytes:
-    """Return one command in the Redis protocol."""
-    return b"*%d\r\n" % len(parts) + b"".join(map(bulk, parts))
 
 
 def send(conn: Any, packed: bytes, retry: bool = False) -> None:
